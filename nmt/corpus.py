@@ -1,0 +1,294 @@
+"""Reading parallel corpora: text-file pairs (.gz ok), TSV files, tfds datasets, Multi30k.
+
+Two ways in, giving the same pairs in the same order:
+
+- `iter_pairs` streams `(src, tgt)` Python strings (tokenizer training, evaluation).
+- `load_pairs` returns a `tf.data.Dataset` of scalar `tf.string` pairs (training input).
+  For files it first streams through them once in Python to check alignment, decoding and
+  tabs, so every bad-input error is a `DataError` raised before any tf.data iteration;
+  then it reads them in-graph, which is what keeps the input pipeline fast.
+
+Empty lines are passed through: the pipeline filters and counts them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from nmt import config as config_lib
+from nmt.config import DataConfig
+from nmt.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+
+# (kind, resolved path, mtime_ns, size) -> line count, for files that passed validation.
+_VALIDATED: dict[tuple[str, str, int, int], int] = {}
+
+
+def split_name(data_cfg: DataConfig, split: str) -> str:
+    """The configured name, prefix or path of `split` ("train", "validation" or "test").
+
+    Raises:
+        DataError: For any other split.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of " + ", ".join(SPLITS))
+    return getattr(data_cfg, split)
+
+
+def read_lines(path: str | Path) -> Iterator[str]:
+    """Streams the lines of a UTF-8 text file, gzip-compressed when its name ends in .gz.
+
+    Lines are split on "\\n" only and carriage returns are dropped, exactly as
+    `tf.data.TextLineDataset` does, so `iter_pairs` and `load_pairs` agree.
+
+    Args:
+        path: The file.
+
+    Returns:
+        An iterator over the lines, without their line terminator; the file is opened on
+        the first `next()` and read a buffer at a time.
+
+    Raises:
+        DataError: At once if the file is missing; while iterating if it is not valid gzip
+            or not valid UTF-8 (naming the 1-based line number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    return _stream_lines(path)
+
+
+def _stream_lines(path: Path) -> Iterator[str]:
+    opener = gzip.open if _is_gzip(path) else open
+    number = 0
+    try:
+        with opener(path, "rb") as stream:
+            # Binary iteration splits on b"\n" only (text mode would also split on "\r").
+            for number, raw in enumerate(stream, 1):
+                yield _decode(raw, path, number)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}:{number + 1}: corrupt gzip data ({exc})") from None
+
+
+def _decode(raw: bytes, path: Path, number: int) -> str:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}:{number}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column "
+            f"{exc.start + 1})"
+        ) from None
+    if line.endswith("\n"):
+        line = line[:-1]
+    # tf.data.TextLineDataset drops every "\r"; doing the same keeps both readers equal.
+    return line.replace("\r", "") if "\r" in line else line
+
+
+def _is_gzip(path: Path) -> bool:
+    return path.suffix == ".gz"
+
+
+def iter_aligned(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
+    """Streams the line pairs of two aligned text files.
+
+    Raises:
+        DataError: If either file is unreadable, or once the shorter file ends, naming both
+            files and both line counts (pairs are never silently truncated).
+    """
+    src_lines, tgt_lines = read_lines(src_path), read_lines(tgt_path)
+    count = 0
+    for src, tgt in itertools.zip_longest(src_lines, tgt_lines):
+        if src is None or tgt is None:
+            # One more line was read from the longer file; count the rest of it too.
+            longer = 1 + sum(1 for _ in (tgt_lines if src is None else src_lines))
+            src_count, tgt_count = (count, count + longer) if src is None else (count + longer, count)
+            raise _mismatch(src_path, src_count, tgt_path, tgt_count)
+        count += 1
+        yield src, tgt
+
+
+def _mismatch(src_path: Any, src_count: int, tgt_path: Any, tgt_count: int) -> DataError:
+    return DataError(
+        f"parallel files differ in length: {src_path} has {src_count} lines, "
+        f"{tgt_path} has {tgt_count} lines"
+    )
+
+
+def iter_tsv(path: str | Path) -> Iterator[tuple[str, str]]:
+    """Streams `(src, tgt)` from a `src<TAB>tgt` file; columns after the second are ignored.
+
+    Raises:
+        DataError: If the file is unreadable or a line has no tab (naming file and line).
+    """
+    for number, line in enumerate(read_lines(path), 1):
+        fields = line.split("\t", 2)
+        if len(fields) < 2:
+            raise DataError(f"{path}:{number}: no tab between source and target")
+        yield fields[0], fields[1]
+
+
+def pair_paths(prefix: str | Path, src_lang: str, tgt_lang: str) -> tuple[Path, Path]:
+    """The files PREFIX.SRC_LANG and PREFIX.TGT_LANG, each possibly with a .gz suffix.
+
+    Raises:
+        DataError: If neither the plain nor the .gz file exists.
+    """
+    return _lang_path(prefix, src_lang), _lang_path(prefix, tgt_lang)
+
+
+def _lang_path(prefix: str | Path, lang: str) -> Path:
+    plain = Path(f"{prefix}.{lang}")
+    for path in (plain, Path(f"{plain}.gz")):
+        if path.is_file():
+            return path
+    raise DataError(f"file not found: {plain} (nor {plain}.gz)")
+
+
+def iter_pairs(data_cfg: DataConfig, split: str) -> Iterator[tuple[str, str]]:
+    """Streams the `(src, tgt)` sentence pairs of a split in corpus order.
+
+    Args:
+        data_cfg: Where the corpus comes from (`format`, languages, split names or paths).
+        split: "train", "validation" or "test".
+
+    Returns:
+        An iterator of `(src, tgt)` strings, empty lines included.
+
+    Raises:
+        DataError: For missing, misaligned, undecodable or malformed input; missing files
+            and unknown splits at once, the rest while iterating.
+    """
+    name = split_name(data_cfg, split)
+    if data_cfg.format == "files":
+        return iter_aligned(*pair_paths(name, data_cfg.src_lang, data_cfg.tgt_lang))
+    if data_cfg.format == "tsv":
+        return iter_tsv(name)
+    return _decoded(load_pairs(data_cfg, split))
+
+
+def _decoded(dataset: tf.data.Dataset) -> Iterator[tuple[str, str]]:
+    for src, tgt in dataset.as_numpy_iterator():
+        yield src.decode("utf-8"), tgt.decode("utf-8")
+
+
+def load_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
+    """A dataset of `(src, tgt)` scalar `tf.string` pairs of a split, in corpus order.
+
+    Files are validated (alignment, UTF-8, tabs) before the dataset is built, so bad input
+    raises here rather than in the middle of training.
+
+    Args:
+        data_cfg: Where the corpus comes from.
+        split: "train", "validation" or "test".
+
+    Returns:
+        The dataset; it reads files in-graph, or a prepared tfds dataset.
+
+    Raises:
+        DataError: For missing, misaligned, undecodable or malformed input.
+    """
+    name = split_name(data_cfg, split)
+    if data_cfg.format == "files":
+        src_path, tgt_path = pair_paths(name, data_cfg.src_lang, data_cfg.tgt_lang)
+        _validate_aligned(src_path, tgt_path)
+        return tf.data.Dataset.zip(_text_lines(src_path), _text_lines(tgt_path))
+    if data_cfg.format == "tsv":
+        _validate(Path(name), "tsv")
+        return _text_lines(Path(name)).map(_split_tab, num_parallel_calls=tf.data.AUTOTUNE)
+    if data_cfg.format == "multi30k":
+        return _multi30k_pairs(data_cfg, name)
+    return _tfds_pairs(data_cfg, name)
+
+
+def _text_lines(path: Path) -> tf.data.Dataset:
+    return tf.data.TextLineDataset(
+        str(path), compression_type="GZIP" if _is_gzip(path) else "", buffer_size=1 << 20
+    )
+
+
+def _split_tab(line: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    fields = tf.strings.split(line, "\t", maxsplit=2)
+    return fields[0], fields[1]
+
+
+def _validate_aligned(src_path: Path, tgt_path: Path) -> None:
+    src_count, tgt_count = _validate(src_path, "text"), _validate(tgt_path, "text")
+    if src_count != tgt_count:
+        raise _mismatch(src_path, src_count, tgt_path, tgt_count)
+
+
+def _validate(path: Path, kind: str) -> int:
+    """Streams through a file once (cached per path, mtime and size); returns its lines."""
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    stat = path.stat()
+    key = (kind, str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _VALIDATED:
+        lines = iter_tsv(path) if kind == "tsv" else read_lines(path)
+        _VALIDATED[key] = sum(1 for _ in lines)
+    return _VALIDATED[key]
+
+
+def _multi30k_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
+    """Prepares (once per tfds data_dir) and loads the bundled Multi30k builder."""
+    from nmt.datasets import multi30k  # tfds is slow to import; only needed here
+
+    name = multi30k.config_name(data_cfg.src_lang, data_cfg.tgt_lang)
+    local = config_lib.multi30k_dir(data_cfg)
+    if local:
+        _check_multi30k_dir(Path(local), multi30k, name)
+    builder = multi30k.Multi30k(config=name, data_dir=data_cfg.tfds_data_dir or None)
+    builder.download_and_prepare(download_config=multi30k.download_config(local))
+    return _as_pairs(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
+
+
+def _check_multi30k_dir(folder: Path, multi30k: Any, name: str) -> None:
+    # A configured folder must be used, never silently replaced by a download.
+    if not folder.is_dir():
+        raise DataError(f"Multi30k folder not found: {folder}")
+    missing = multi30k.missing_files(folder, tuple(name.split("-")))
+    if missing:
+        raise DataError(f"Multi30k folder {folder} lacks " + ", ".join(missing))
+
+
+def _tfds_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
+    """Prepares and loads any tfds translation dataset by name."""
+    import tensorflow_datasets as tfds  # slow to import; only needed here
+
+    try:
+        builder = tfds.builder(data_cfg.tfds_name, data_dir=data_cfg.tfds_data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"unknown tfds dataset {data_cfg.tfds_name!r}") from None
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
+    return _as_pairs(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
+
+
+def _as_pairs(builder: Any, split: str, src_lang: str, tgt_lang: str) -> tf.data.Dataset:
+    """Reads a prepared translation builder's split as `(src, tgt)`, in stored order."""
+    import tensorflow_datasets as tfds
+    splits = sorted(builder.info.splits.keys())
+    if split not in splits:
+        raise DataError(
+            f"{builder.info.full_name} has no split {split!r}; available: " + ", ".join(splits)
+        )
+    keys = sorted(builder.info.features.keys())
+    for lang in (src_lang, tgt_lang):
+        if lang not in keys:
+            raise DataError(
+                f"{builder.info.full_name} has no language {lang!r}; available: "
+                + ", ".join(keys)
+            )
+    # No tfds autocache: caching is the pipeline's decision, and a partly read cache warns.
+    read_config = tfds.ReadConfig(try_autocache=False)
+    dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
+    return dataset.map(lambda ex: (ex[src_lang], ex[tgt_lang]), num_parallel_calls=tf.data.AUTOTUNE)

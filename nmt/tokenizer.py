@@ -1,0 +1,278 @@
+"""SentencePiece subword tokenizers: trained with `sentencepiece`, applied in-graph.
+
+Training streams sentences into `sentencepiece` (no Python list of the corpus is built)
+and writes the serialized models into a folder (normally the run directory):
+
+- joint vocabulary (`tokenizer.joint: true`): `joint.model` (+ `joint.vocab`, for reading)
+- separate vocabularies: `src.model` and `tgt.model` (+ `src.vocab`, `tgt.vocab`)
+
+`load_tokenizers` reads them back as `Tokenizer` objects, which tokenize inside tf.data
+and `tf.function` through `tensorflow_text.SentencepieceTokenizer` and, for convenience,
+in plain Python through `sentencepiece.SentencePieceProcessor` (same model bytes, same ids).
+
+Special ids are fixed by `nmt.config`: pad=0, unk=1, bos=2, eos=3.
+
+The vocabulary size is a hard limit: a corpus too small for `tokenizer.vocab_size` pieces
+is a `DataError` that names the largest size that works, rather than a model silently
+smaller than the config says (the model's embedding sizes come from `Tokenizer.vocab_size`
+either way, but a config that does not describe the run is a trap when comparing runs).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import sentencepiece as spm
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TokenizerConfig
+from nmt.errors import DataError, RunDirError
+
+JOINT_MODEL = "joint.model"
+SRC_MODEL = "src.model"
+TGT_MODEL = "tgt.model"
+
+_SPECIAL_PIECES = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+
+
+class Tokenizer:
+    """One SentencePiece model usable in-graph (TensorFlow) and in plain Python.
+
+    Args:
+        model_proto: The serialized SentencePiece model (the bytes of a `.model` file).
+        name: A label used in error messages, e.g. the file the model came from.
+    """
+
+    def __init__(self, model_proto: bytes, name: str = "tokenizer") -> None:
+        self._proto = bytes(model_proto)
+        self.name = name
+        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        # The in-graph tokenizer owns a TF resource; keep one per object so tf.data
+        # pipelines and exported functions capture the same handle.
+        self.tf_tokenizer = tf_text.SentencepieceTokenizer(model=self._proto, out_type=tf.int32)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        """Loads a `.model` file; a missing or unreadable file is a `RunDirError`."""
+        path = Path(path)
+        try:
+            tokenizer = cls(path.read_bytes(), name=str(path))
+        except (OSError, RuntimeError) as exc:
+            raise RunDirError(f"cannot load SentencePiece model {path}: {exc}") from None
+        tokenizer._check_special_ids()
+        return tokenizer
+
+    def _check_special_ids(self) -> None:
+        found = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
+        if found != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise RunDirError(
+                f"{self.name}: SentencePiece model has special ids pad/unk/bos/eos = {found}, "
+                f"expected {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}; retrain it with nmt"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special ids included (ids are in `[0, vocab_size)`)."""
+        return self._sp.get_piece_size()
+
+    @property
+    def model_proto(self) -> bytes:
+        """The serialized SentencePiece model (for export or copying into a run directory)."""
+        return self._proto
+
+    def tokenize(self, strings: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
+        """Splits UTF-8 strings into subword ids, without BOS/EOS. Works in tf.data/tf.function.
+
+        Args:
+            strings: tf.string tensor, shape `()` or `(batch,)`.
+
+        Returns:
+            int32 ids: a dense `(len,)` tensor for a scalar input, a `tf.RaggedTensor`
+            `(batch, (len))` for a vector input.
+        """
+        return self.tf_tokenizer.tokenize(strings)
+
+    def detokenize(self, ids: tf.Tensor | tf.RaggedTensor) -> tf.Tensor:
+        """Turns ids back into text, dropping PAD and BOS and everything from the first EOS on.
+
+        Args:
+            ids: int ids, dense `(len,)` / `(batch, len)` right-padded with PAD (as decoders
+                produce them) or ragged `(batch, (len))`.
+
+        Returns:
+            tf.string tensor, shape `()` for a `(len,)` input, else `(batch,)`.
+        """
+        if isinstance(ids, tf.RaggedTensor):
+            ids = ids.to_tensor(default_value=PAD_ID)
+        ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
+        is_vector = ids.shape.rank == 1
+        if is_vector:
+            ids = ids[tf.newaxis]
+        # Everything at or after the first EOS is cut; cumsum marks those positions.
+        before_eos = tf.math.cumsum(tf.cast(ids == EOS_ID, tf.int32), axis=-1) == 0
+        keep = before_eos & (ids != PAD_ID) & (ids != BOS_ID)
+        text = self.tf_tokenizer.detokenize(tf.ragged.boolean_mask(ids, keep))
+        return text[0] if is_vector else text
+
+    def encode(self, text: str) -> list[int]:
+        """Python-side `tokenize` for one string: the same ids as the in-graph tokenizer."""
+        return self._sp.encode(text, out_type=int)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Python-side `detokenize` for one sequence (PAD/BOS dropped, cut at the first EOS)."""
+        kept = []
+        for i in ids:
+            i = int(i)
+            if i == EOS_ID:
+                break
+            if i not in (PAD_ID, BOS_ID):
+                kept.append(i)
+        return self._sp.decode(kept)
+
+    def id_to_piece(self, token_id: int) -> str:
+        """The subword string of one id, e.g. `"▁house"`; specials read `<pad>`, `</s>`, ..."""
+        return self._sp.id_to_piece(int(token_id))
+
+    def piece_to_id(self, piece: str) -> int:
+        """The id of a subword string (UNK_ID when it is not in the vocabulary)."""
+        return self._sp.piece_to_id(piece)
+
+
+def _clean(sentences: Iterable[str], counter: list[int]) -> Iterator[str]:
+    """Yields stripped non-empty sentences, counting them in `counter[0]` as it goes."""
+    for sentence in sentences:
+        sentence = sentence.strip()
+        if sentence:
+            counter[0] += 1
+            yield sentence
+
+
+def _train_one(sentences: Iterable[str], cfg: TokenizerConfig, max_sentences: int, what: str) -> bytes:
+    """Trains one SentencePiece model from a stream of sentences; returns the model bytes."""
+    counter = [0]
+    writer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_clean(sentences, counter),
+            model_writer=writer,
+            model_type=cfg.model_type,
+            vocab_size=cfg.vocab_size,
+            character_coverage=cfg.character_coverage,
+            input_sentence_size=max_sentences,
+            shuffle_input_sentence=True,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            pad_piece=_SPECIAL_PIECES[PAD_ID],
+            unk_piece=_SPECIAL_PIECES[UNK_ID],
+            bos_piece=_SPECIAL_PIECES[BOS_ID],
+            eos_piece=_SPECIAL_PIECES[EOS_ID],
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,  # SentencePiece's progress log is long; errors still raise.
+        )
+    except RuntimeError as exc:
+        raise _training_error(exc, cfg, counter[0], what) from None
+    return writer.getvalue()
+
+
+def _training_error(
+    exc: RuntimeError, cfg: TokenizerConfig, n_sentences: int, what: str
+) -> DataError:
+    """Turns SentencePiece's internal errors into a one-line `DataError`."""
+    if n_sentences == 0:
+        return DataError(f"cannot train the {what} tokenizer: the corpus has no non-empty lines")
+    match = _TOO_HIGH.search(str(exc))
+    if match:
+        return DataError(
+            f"tokenizer.vocab_size={cfg.vocab_size} is too large for the {what} corpus "
+            f"({n_sentences} sentences): SentencePiece can build at most {match.group(2)} "
+            f"pieces from it; set tokenizer.vocab_size to {match.group(2)} or less"
+        )
+    return DataError(f"SentencePiece failed to train the {what} tokenizer: {exc}")
+
+
+def _write_model(proto: bytes, path: Path) -> None:
+    """Writes `path` (+ a human-readable `.vocab` beside it) atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(proto)
+    os.replace(tmp, path)
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n" for i in range(len(sp)))
+    path.with_suffix(".vocab").write_text(vocab, encoding="utf-8")
+
+
+def train_tokenizers(
+    src_sentences: Iterable[str],
+    tgt_sentences: Iterable[str],
+    cfg: TokenizerConfig,
+    out_dir: Path,
+) -> None:
+    """Trains SentencePiece model(s) and writes them into `out_dir`.
+
+    Both iterables are consumed once, lazily. Empty lines are skipped. At most
+    `cfg.max_training_sentences` sentences per language are sampled (uniformly).
+
+    Args:
+        src_sentences: Source-language sentences, one per item.
+        tgt_sentences: Target-language sentences, one per item.
+        cfg: Model type, vocabulary size, coverage, sampling size and joint/separate.
+        out_dir: Folder (created if needed) that receives `joint.model`, or
+            `src.model` and `tgt.model`.
+
+    Raises:
+        DataError: A side has no non-empty lines, or is too small for `cfg.vocab_size`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.joint:
+        both = itertools.chain(src_sentences, tgt_sentences)
+        proto = _train_one(both, cfg, 2 * cfg.max_training_sentences, "joint")
+        _write_model(proto, out_dir / JOINT_MODEL)
+        stale = [SRC_MODEL, TGT_MODEL]
+    else:
+        src_proto = _train_one(src_sentences, cfg, cfg.max_training_sentences, "source")
+        tgt_proto = _train_one(tgt_sentences, cfg, cfg.max_training_sentences, "target")
+        _write_model(src_proto, out_dir / SRC_MODEL)
+        _write_model(tgt_proto, out_dir / TGT_MODEL)
+        stale = [JOINT_MODEL]
+    # Models of the other layout would make `load_tokenizers` ambiguous.
+    for name in stale:
+        (out_dir / name).unlink(missing_ok=True)
+        (out_dir / name).with_suffix(".vocab").unlink(missing_ok=True)
+
+
+def tokenizers_exist(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a joint model or both a source and a target model."""
+    out_dir = Path(out_dir)
+    return (out_dir / JOINT_MODEL).is_file() or (
+        (out_dir / SRC_MODEL).is_file() and (out_dir / TGT_MODEL).is_file()
+    )
+
+
+def load_tokenizers(out_dir: Path) -> tuple[Tokenizer, Tokenizer]:
+    """Loads the tokenizers written by `train_tokenizers`.
+
+    Returns:
+        `(src_tokenizer, tgt_tokenizer)`; for a joint model the same object twice.
+
+    Raises:
+        RunDirError: No model in `out_dir`, or a model that cannot be read.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / JOINT_MODEL).is_file():
+        joint = Tokenizer.from_file(out_dir / JOINT_MODEL)
+        return joint, joint
+    if (out_dir / SRC_MODEL).is_file() and (out_dir / TGT_MODEL).is_file():
+        return Tokenizer.from_file(out_dir / SRC_MODEL), Tokenizer.from_file(out_dir / TGT_MODEL)
+    raise RunDirError(
+        f"no SentencePiece models in {out_dir}: expected {JOINT_MODEL}, or {SRC_MODEL} and "
+        f"{TGT_MODEL} (they are written when training starts)"
+    )
