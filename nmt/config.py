@@ -170,6 +170,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept what Python accepts.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {hint.__name__}, got a boolean {value!r}")
     if not isinstance(value, hint):

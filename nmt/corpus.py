@@ -100,18 +100,23 @@ def iter_aligned(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[s
     """Streams the line pairs of two aligned text files.
 
     Raises:
-        DataError: If either file is unreadable, or once the shorter file ends, naming both
-            files and both line counts (pairs are never silently truncated).
+        DataError: At once if a file is missing; while iterating if one is unreadable, or
+            when the shorter file ends, naming both files and both line counts (pairs are
+            never silently truncated).
     """
     src_lines, tgt_lines = read_lines(src_path), read_lines(tgt_path)
-    count = 0
-    for src, tgt in itertools.zip_longest(src_lines, tgt_lines):
+    return _zip_strict(src_lines, tgt_lines, src_path, tgt_path)
+
+
+def _zip_strict(
+    src_lines: Iterator[str], tgt_lines: Iterator[str], src_path: Any, tgt_path: Any
+) -> Iterator[tuple[str, str]]:
+    for count, (src, tgt) in enumerate(itertools.zip_longest(src_lines, tgt_lines)):
         if src is None or tgt is None:
             # One more line was read from the longer file; count the rest of it too.
-            longer = 1 + sum(1 for _ in (tgt_lines if src is None else src_lines))
-            src_count, tgt_count = (count, count + longer) if src is None else (count + longer, count)
-            raise _mismatch(src_path, src_count, tgt_path, tgt_count)
-        count += 1
+            longer = count + 1 + sum(1 for _ in (tgt_lines if src is None else src_lines))
+            counts = (count, longer) if src is None else (longer, count)
+            raise _mismatch(src_path, counts[0], tgt_path, counts[1])
         yield src, tgt
 
 
@@ -126,9 +131,14 @@ def iter_tsv(path: str | Path) -> Iterator[tuple[str, str]]:
     """Streams `(src, tgt)` from a `src<TAB>tgt` file; columns after the second are ignored.
 
     Raises:
-        DataError: If the file is unreadable or a line has no tab (naming file and line).
+        DataError: At once if the file is missing; while iterating if it is unreadable or
+            a line has no tab (naming file and line).
     """
-    for number, line in enumerate(read_lines(path), 1):
+    return _tsv_fields(read_lines(path), path)
+
+
+def _tsv_fields(lines: Iterator[str], path: Any) -> Iterator[tuple[str, str]]:
+    for number, line in enumerate(lines, 1):
         fields = line.split("\t", 2)
         if len(fields) < 2:
             raise DataError(f"{path}:{number}: no tab between source and target")
@@ -276,6 +286,7 @@ def _tfds_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
 def _as_pairs(builder: Any, split: str, src_lang: str, tgt_lang: str) -> tf.data.Dataset:
     """Reads a prepared translation builder's split as `(src, tgt)`, in stored order."""
     import tensorflow_datasets as tfds
+
     splits = sorted(builder.info.splits.keys())
     if split not in splits:
         raise DataError(
@@ -285,8 +296,7 @@ def _as_pairs(builder: Any, split: str, src_lang: str, tgt_lang: str) -> tf.data
     for lang in (src_lang, tgt_lang):
         if lang not in keys:
             raise DataError(
-                f"{builder.info.full_name} has no language {lang!r}; available: "
-                + ", ".join(keys)
+                f"{builder.info.full_name} has no language {lang!r}; available: " + ", ".join(keys)
             )
     # No tfds autocache: caching is the pipeline's decision, and a partly read cache warns.
     read_config = tfds.ReadConfig(try_autocache=False)

@@ -82,6 +82,10 @@ def missing_files(folder: str | Path, languages: tuple[str, str]) -> list[str]:
     return [name for name in file_names(languages) if not (Path(folder) / name).is_file()]
 
 
+def _holds_any(folder: Path, languages: tuple[str, str]) -> bool:
+    return len(missing_files(folder, languages)) < len(file_names(languages))
+
+
 def download_config(local_dir: str | Path | None = None) -> tfds.download.DownloadConfig:
     """A DownloadConfig that reads `local_dir` when given and never asks GCS for data."""
     return tfds.download.DownloadConfig(
@@ -146,7 +150,7 @@ class Multi30k(tfds.core.GeneratorBasedBuilder):
         except AssertionError:  # tfds signals a missing or empty manual_dir this way
             manual = None
         # The default manual_dir (<data_dir>/downloads/manual) may belong to other datasets.
-        if manual is not None and len(missing_files(manual, self.builder_config.languages)) < 6:
+        if manual is not None and _holds_any(manual, self.builder_config.languages):
             return manual
         env = os.environ.get(MULTI30K_ENV, "")
         return Path(env) if env else None

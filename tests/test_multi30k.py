@@ -1,0 +1,137 @@
+"""The Multi30k tfds builder: local folders, direction, alignment checks, the real corpus."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+import tensorflow_datasets as tfds
+
+from nmt import corpus
+from nmt.config import MULTI30K_ENV, DataConfig
+from nmt.datasets import multi30k
+from nmt.errors import DataError
+
+SIZES = {"train": 5, "val": 3, "test_2016_flickr": 2}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any download attempt fails the test: every case here must read local files."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Multi30k builder tried to download")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", refuse)
+    monkeypatch.delenv(MULTI30K_ENV, raising=False)
+
+
+def line(stem: str, lang: str, index: int) -> str:
+    return f"{lang} {stem} sentence {index} ü"
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """A tiny Multi30k folder: en and de, all three splits, gzip-compressed."""
+    path = tmp_path / "raw"
+    path.mkdir()
+    for stem, size in SIZES.items():
+        for lang in ("en", "de"):
+            text = "".join(line(stem, lang, i) + "\n" for i in range(size))
+            (path / f"{stem}.{lang}.gz").write_bytes(gzip.compress(text.encode()))
+    return path
+
+
+def cfg(folder: Path | str, data_dir: Path, src: str = "en", tgt: str = "de") -> DataConfig:
+    return DataConfig(
+        format="multi30k",
+        src_lang=src,
+        tgt_lang=tgt,
+        multi30k_dir=str(folder),
+        tfds_data_dir=str(data_dir),
+    )
+
+
+def test_builder_reads_local_folder(folder, tmp_path):
+    builder = multi30k.Multi30k(config="en-de", data_dir=str(tmp_path / "tfds"))
+    builder.download_and_prepare(download_config=multi30k.download_config(folder))
+    splits = builder.info.splits
+    assert {name: splits[name].num_examples for name in splits.keys()} == {
+        "train": 5,
+        "validation": 3,
+        "test_2016": 2,
+    }
+    assert builder.info.supervised_keys == ("en", "de")
+    examples = list(builder.as_dataset(split="validation", shuffle_files=False))
+    assert [ex["de"].numpy().decode() for ex in examples] == [line("val", "de", i) for i in range(3)]
+    assert [ex["en"].numpy().decode() for ex in examples] == [line("val", "en", i) for i in range(3)]
+
+
+@pytest.mark.parametrize("src,tgt", [("en", "de"), ("de", "en")])
+def test_corpus_picks_direction(folder, tmp_path, src, tgt):
+    data_cfg = cfg(folder, tmp_path / "tfds", src, tgt)
+    expected = [(line("train", src, i), line("train", tgt, i)) for i in range(5)]
+    assert list(corpus.iter_pairs(data_cfg, "train")) == expected
+    pairs = corpus.load_pairs(data_cfg, "test").as_numpy_iterator()
+    assert [(s.decode(), t.decode()) for s, t in pairs] == [
+        (line("test_2016_flickr", src, i), line("test_2016_flickr", tgt, i)) for i in range(2)
+    ]
+
+
+def test_env_var_folder(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv(MULTI30K_ENV, str(folder))
+    data_cfg = cfg("", tmp_path / "tfds")
+    assert len(list(corpus.iter_pairs(data_cfg, "validation"))) == 3
+
+
+def test_config_names():
+    assert multi30k.config_name("de", "en") == multi30k.config_name("en", "de") == "en-de"
+    assert multi30k.config_name("cs", "fr") == "fr-cs"
+    assert len(multi30k.Multi30k.BUILDER_CONFIGS) == 6
+    with pytest.raises(DataError, match="no language 'ja'; choose among en, de, fr, cs"):
+        multi30k.config_name("en", "ja")
+    with pytest.raises(DataError, match="both 'en'"):
+        multi30k.config_name("en", "en")
+
+
+def test_folder_lacking_files_is_an_error_not_a_download(folder, tmp_path):
+    (folder / "val.de.gz").unlink()
+    with pytest.raises(DataError, match=f"Multi30k folder {folder} lacks val.de.gz"):
+        corpus.load_pairs(cfg(folder, tmp_path / "tfds"), "train")
+    with pytest.raises(DataError, match="Multi30k folder not found"):
+        corpus.load_pairs(cfg(tmp_path / "absent", tmp_path / "tfds"), "train")
+
+
+def test_misaligned_files(folder, tmp_path):
+    (folder / "train.de.gz").write_bytes(gzip.compress(b"only one line\n"))
+    with pytest.raises(DataError) as info:
+        corpus.load_pairs(cfg(folder, tmp_path / "tfds"), "train")
+    message = str(info.value)
+    assert f"{folder / 'train.en.gz'} has 5 lines" in message
+    assert f"{folder / 'train.de.gz'} has 1 lines" in message
+
+
+def test_no_local_folder_means_download(tmp_path):
+    # The autouse fixture makes the download fail, as it would offline.
+    with pytest.raises(AssertionError, match="tried to download"):
+        corpus.load_pairs(cfg("", tmp_path / "tfds"), "train")
+
+
+def test_unknown_split(folder, tmp_path):
+    data_cfg = cfg(folder, tmp_path / "tfds")
+    data_cfg.test = "test_2017"
+    with pytest.raises(DataError, match="no split 'test_2017'; available: test_2016, train"):
+        corpus.load_pairs(data_cfg, "test")
+
+
+def test_real_multi30k(multi30k_dir, tmp_path):
+    data_cfg = cfg(multi30k_dir, tmp_path / "tfds")
+    train = corpus.iter_pairs(data_cfg, "train")
+    assert next(train) == (
+        "Two young, White males are outside near many bushes.",
+        "Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche.",
+    )
+    assert 1 + sum(1 for _ in train) == 29000
+    assert sum(1 for _ in corpus.load_pairs(data_cfg, "validation")) == 1014
+    assert sum(1 for _ in corpus.load_pairs(data_cfg, "test")) == 1000
