@@ -1,0 +1,677 @@
+"""The Cho et al. (2014) GRU encoder-decoder, with an optional attention switch.
+
+Everything here uses `keras` and `keras.ops` only, so the same model runs under the
+TensorFlow and JAX backends.
+
+Shapes follow the paper (section 2.2 and appendix A):
+
+- Encoder: embedding -> (bidirectional, stacked) GRU over the source. The context vector
+  `c = tanh(V h_T)` summarises the sentence (`h_T`: the last valid state of the top layer;
+  bidirectional: both directions' final states, concatenated).
+- Decoder: `h'_0 = tanh(V' c)`; the GRU reads `[e(y_{t-1}); c]` at every step.
+- Readout: `s_t = O_h h'_t + O_y e(y_{t-1}) + O_c c (+ O_a a_t)`, maxout with pool 2,
+  dropout, then a float32 projection to the target vocabulary.
+
+Optional attention (`additive`, `dot`, `general`) is computed *after* the decoder GRU over
+all encoder states, so teacher-forced training still runs the decoder GRU over the whole
+target sequence with the fused (cuDNN) kernel.
+
+Every GRU is cuDNN-eligible: `reset_after=True`, tanh/sigmoid, `unroll=False`, bias on,
+right-padded masks and (by default) no recurrent dropout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import keras
+from keras import ops
+
+from nmt.config import PAD_ID, ModelConfig
+
+ATTENTION_TYPES = ("none", "additive", "dot", "general")
+# Large negative score for padded source positions. Scores are float32 when masked, so this
+# neither overflows in float16 nor gives NaN (no row is ever fully masked, see source_mask).
+_MASK_SCORE = -1e9
+
+Tensor = Any  # a backend tensor (tf.Tensor, jax.Array) or a KerasTensor
+
+
+def source_mask(src_ids: Tensor) -> Tensor:
+    """Boolean mask of real (non-padding) source positions.
+
+    Position 0 always counts as real: a fully masked row would make the cuDNN GRU kernel
+    fail and the attention softmax undefined, so an empty (all-padding) source is read as
+    a single padding token instead. Sources must be right-padded.
+
+    Args:
+        src_ids: `(batch, src_len)` token ids, padded with `PAD_ID`.
+
+    Returns:
+        `(batch, src_len)` bool tensor.
+    """
+    positions = ops.arange(ops.shape(src_ids)[1])
+    return ops.logical_or(ops.not_equal(src_ids, PAD_ID), ops.expand_dims(positions == 0, 0))
+
+
+def _warn_recurrent_dropout(rate: float) -> None:
+    if rate > 0:
+        # Python's default warning filter shows this once per process.
+        warnings.warn(
+            "model.recurrent_dropout > 0 disables the fused (cuDNN) GRU kernel; "
+            "training will be much slower on GPU.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _gru(units: int, recurrent_dropout: float, name: str, dtype: Any, **kwargs: Any):
+    """A GRU layer with every setting the fused cuDNN kernel needs spelled out."""
+    return keras.layers.GRU(
+        units,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        use_bias=True,
+        reset_after=True,
+        unroll=False,
+        recurrent_dropout=recurrent_dropout,
+        return_sequences=True,
+        # cuDNN writes zeros at padded steps; the generic loop must do the same.
+        zero_output_for_mask=True,
+        name=name,
+        dtype=dtype,
+        **kwargs,
+    )
+
+
+@keras.saving.register_keras_serializable(package="nmt")
+class Maxout(keras.layers.Layer):
+    """Maxout over adjacent pairs of units (`s_i = max(s'_{2i-1}, s'_{2i})`, pool size 2)."""
+
+    def call(self, inputs: Tensor) -> Tensor:
+        """Maps `(..., 2 * units)` to `(..., units)`."""
+        return ops.maximum(inputs[..., 0::2], inputs[..., 1::2])
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        last = input_shape[-1]
+        return (*input_shape[:-1], None if last is None else last // 2)
+
+
+@keras.saving.register_keras_serializable(package="nmt")
+class TiedEmbedding(keras.layers.Layer):
+    """An embedding that doubles as the output projection (`logits = x E^T + b`).
+
+    The weights never autocast, so under mixed precision the lookup is cast to the compute
+    dtype while the reverse projection runs entirely in float32, whether the layer is
+    called inside a mixed-precision parent or directly (single decoding steps).
+    """
+
+    def __init__(self, vocab_size: int, embedding_dim: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+
+    def build(self, input_shape: Any = None) -> None:
+        self.embeddings = self.add_weight(
+            shape=(self.vocab_size, self.embedding_dim),
+            initializer="uniform",
+            name="embeddings",
+            autocast=False,
+        )
+        self.output_bias = self.add_weight(
+            shape=(self.vocab_size,), initializer="zeros", name="output_bias", autocast=False
+        )
+
+    def call(self, inputs: Tensor, reverse: bool = False) -> Tensor:
+        """Looks up ids `(...,) -> (..., dim)`, or with `reverse` maps `(..., dim)` to
+        float32 logits `(..., vocab)`."""
+        if not reverse:
+            return ops.cast(ops.take(self.embeddings, inputs, axis=0), self.compute_dtype)
+        x = ops.cast(inputs, "float32")
+        return ops.matmul(x, ops.transpose(self.embeddings)) + self.output_bias
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "embedding_dim": self.embedding_dim,
+        }
+
+
+@keras.saving.register_keras_serializable(package="nmt")
+class Attention(keras.layers.Layer):
+    """Attention of decoder states over all encoder states, after the decoder GRU.
+
+    - `additive` (Bahdanau): `score(h'_t, h_j) = v^T tanh(W h'_t + U h_j)`.
+    - `dot` (Luong): `h'_t . h_j`, with `h_j` projected to the decoder size when they differ.
+    - `general` (Luong): `h'_t^T W_a h_j`.
+
+    Keys (`U h_j`, `W_a h_j`, ...) depend only on the source, so they are computed once per
+    sentence with `keys()` and kept in the decoding state.
+    """
+
+    def __init__(self, kind: str, units: int, query_dim: int, value_dim: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        if kind not in ATTENTION_TYPES[1:]:
+            raise ValueError(f"unknown attention {kind!r}; choose one of {ATTENTION_TYPES[1:]}")
+        self.kind, self.units = kind, units
+        self.query_dim, self.value_dim = query_dim, value_dim
+        dense = dict(use_bias=False, dtype=self.dtype_policy)
+        self.key_proj = None
+        self.query_proj = self.score_proj = None
+        if kind == "additive":
+            self.query_proj = keras.layers.Dense(units, name="query_proj", **dense)
+            self.key_proj = keras.layers.Dense(units, name="key_proj", **dense)
+            self.score_proj = keras.layers.Dense(1, name="score_proj", **dense)
+        elif kind == "general" or value_dim != query_dim:
+            self.key_proj = keras.layers.Dense(query_dim, name="key_proj", **dense)
+
+    def keys(self, values: Tensor) -> Tensor:
+        """Source-side part of the score: `(batch, src_len, value_dim) -> (batch, src_len, k)`."""
+        return values if self.key_proj is None else self.key_proj(values)
+
+    def call(
+        self, query: Tensor, keys: Tensor, values: Tensor, src_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Attends from every decoder position to every source position.
+
+        Args:
+            query: `(batch, tgt_len, query_dim)` decoder GRU states.
+            keys: `(batch, src_len, k)` from `keys()`.
+            values: `(batch, src_len, value_dim)` encoder states.
+            src_mask: `(batch, src_len)` bool, False on padding.
+
+        Returns:
+            The attention context `(batch, tgt_len, value_dim)` and the float32 weights
+            `(batch, tgt_len, src_len)` (rows sum to 1, exactly 0 on padding).
+        """
+        scores = ops.cast(self._scores(query, keys), "float32")
+        scores = ops.where(ops.expand_dims(src_mask, 1), scores, _MASK_SCORE)
+        weights = ops.softmax(scores, axis=-1)
+        context = ops.matmul(ops.cast(weights, values.dtype), values)
+        return context, weights
+
+    def _scores(self, query: Tensor, keys: Tensor) -> Tensor:
+        if self.kind == "additive":
+            hidden = ops.expand_dims(self.query_proj(query), 2) + ops.expand_dims(keys, 1)
+            # (batch, tgt_len, src_len, units) -> (batch, tgt_len, src_len)
+            return ops.squeeze(self.score_proj(ops.tanh(hidden)), -1)
+        return ops.matmul(query, ops.transpose(keys, (0, 2, 1)))
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "kind": self.kind,
+            "units": self.units,
+            "query_dim": self.query_dim,
+            "value_dim": self.value_dim,
+        }
+
+
+@keras.saving.register_keras_serializable(package="nmt")
+class Encoder(keras.layers.Layer):
+    """Source embedding -> stacked (bi)GRU -> context vector `c = tanh(V h_T)`."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        units: int,
+        num_layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
+        self.num_layers, self.bidirectional = num_layers, bidirectional
+        self.dropout_rate, self.recurrent_dropout = dropout, recurrent_dropout
+        policy = self.dtype_policy
+        self.embedding = keras.layers.Embedding(
+            vocab_size, embedding_dim, name="embedding", dtype=policy
+        )
+        self.dropout = keras.layers.Dropout(dropout, name="dropout", dtype=policy)
+        self.rnns = [self._make_rnn(i) for i in range(num_layers)]
+        self.context_proj = keras.layers.Dense(
+            self.output_dim, activation="tanh", name="context", dtype=policy
+        )
+
+    @property
+    def output_dim(self) -> int:
+        """Size of each encoder state and of the context vector."""
+        return self.units * (2 if self.bidirectional else 1)
+
+    def _make_rnn(self, index: int) -> keras.layers.Layer:
+        gru = _gru(
+            self.units, self.recurrent_dropout, f"gru_{index}", self.dtype_policy, return_state=True
+        )
+        if not self.bidirectional:
+            return gru
+        return keras.layers.Bidirectional(
+            gru, merge_mode="concat", name=f"bigru_{index}", dtype=self.dtype_policy
+        )
+
+    def call(self, src_ids: Tensor, training: bool = False) -> dict[str, Tensor]:
+        """Encodes a right-padded batch.
+
+        Args:
+            src_ids: `(batch, src_len)` int token ids.
+            training: enables dropout.
+
+        Returns:
+            `enc_states` `(batch, src_len, enc_dim)` (zeros on padding), `src_mask`
+            `(batch, src_len)` bool and `context` `(batch, enc_dim)`.
+        """
+        mask = source_mask(src_ids)
+        x = self.dropout(self.embedding(src_ids), training=training)
+        for index, rnn in enumerate(self.rnns):
+            if index > 0:
+                x = self.dropout(x, training=training)
+            outputs = rnn(x, mask=mask, training=training)
+            x, final_states = outputs[0], list(outputs[1:])
+        last = ops.concatenate(final_states, axis=-1) if len(final_states) > 1 else final_states[0]
+        return {"enc_states": x, "src_mask": mask, "context": self.context_proj(last)}
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "num_layers": self.num_layers,
+            "bidirectional": self.bidirectional,
+            "dropout": self.dropout_rate,
+            "recurrent_dropout": self.recurrent_dropout,
+        }
+
+
+@keras.saving.register_keras_serializable(package="nmt")
+class Decoder(keras.layers.Layer):
+    """GRU decoder reading `[e(y_{t-1}); c]`, optional attention, maxout readout.
+
+    `call` runs teacher forcing over a whole target sequence; `step` runs one position with
+    the same weights (the GRU layer's own cell), for search.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        units: int,
+        context_dim: int,
+        maxout_units: int,
+        attention: str = "none",
+        attention_units: int = 256,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        tie_embeddings: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if attention not in ATTENTION_TYPES:
+            raise ValueError(f"unknown attention {attention!r}; choose one of {ATTENTION_TYPES}")
+        self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
+        self.context_dim, self.maxout_units = context_dim, maxout_units
+        self.attention_type, self.attention_units = attention, attention_units
+        self.dropout_rate, self.recurrent_dropout = dropout, recurrent_dropout
+        self.tie_embeddings = tie_embeddings
+        self._make_layers()
+
+    def _make_layers(self) -> None:
+        policy, readout = self.dtype_policy, 2 * self.maxout_units
+        if self.tie_embeddings:
+            self.embedding = TiedEmbedding(
+                self.vocab_size, self.embedding_dim, name="embedding", dtype=policy
+            )
+        else:
+            self.embedding = keras.layers.Embedding(
+                self.vocab_size, self.embedding_dim, name="embedding", dtype=policy
+            )
+        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout", dtype=policy)
+        self.init_proj = keras.layers.Dense(
+            self.units, activation="tanh", name="init_state", dtype=policy
+        )
+        self.gru = _gru(self.units, self.recurrent_dropout, "gru", policy)
+        self.attention = None
+        if self.attention_type != "none":
+            self.attention = Attention(
+                self.attention_type,
+                self.attention_units,
+                self.units,
+                self.context_dim,
+                name="attention",
+                dtype=policy,
+            )
+        self.readout_h = keras.layers.Dense(readout, name="readout_h", dtype=policy)
+        no_bias = dict(use_bias=False, dtype=policy)
+        self.readout_y = keras.layers.Dense(readout, name="readout_y", **no_bias)
+        self.readout_c = keras.layers.Dense(readout, name="readout_c", **no_bias)
+        self.readout_a = None
+        if self.attention is not None:
+            self.readout_a = keras.layers.Dense(readout, name="readout_a", **no_bias)
+        self.maxout = Maxout(name="maxout", dtype=policy)
+        self._make_output_layers()
+
+    def _make_output_layers(self) -> None:
+        self.tie_proj = self.output_proj = None
+        if not self.tie_embeddings:
+            # float32 so mixed precision keeps logits and softmax in float32.
+            self.output_proj = keras.layers.Dense(self.vocab_size, name="output", dtype="float32")
+        elif self.maxout_units != self.embedding_dim:
+            self.tie_proj = keras.layers.Dense(
+                self.embedding_dim, use_bias=False, name="tie_proj", dtype=self.dtype_policy
+            )
+
+    def initial_state(self, encoded: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Decoder state before the first target token; see `Seq2Seq.initial_state`."""
+        context = encoded["context"]
+        state = {
+            "dec_h": self.init_proj(context),
+            "context": context,
+            "readout_ctx": self.readout_c(context),
+        }
+        if self.attention is not None:
+            values, mask = encoded["enc_states"], encoded["src_mask"]
+            state["enc_states"] = values
+            state["attn_keys"] = self.attention.keys(values)
+            state["src_mask"] = mask
+            state["attn_weights"] = ops.zeros(ops.shape(mask), dtype="float32")
+        return state
+
+    def call(
+        self, tgt_in_ids: Tensor, state: dict[str, Tensor], training: bool = False
+    ) -> dict[str, Tensor]:
+        """Teacher forcing over a whole (right-padded) target sequence.
+
+        Args:
+            tgt_in_ids: `(batch, tgt_len)` decoder inputs (BOS, y_1, ..., y_{n-1}, PAD...).
+            state: from `initial_state`.
+            training: enables dropout.
+
+        Returns:
+            `logits` float32 `(batch, tgt_len, vocab)`, and with attention `attention`
+            float32 `(batch, tgt_len, src_len)`.
+        """
+        emb = self.dropout(self.embedding(tgt_in_ids), training=training)
+        # c is constant over time: broadcast it so one fused GRU call covers all steps.
+        context_seq = ops.zeros_like(emb[..., :1]) + ops.expand_dims(state["context"], 1)
+        # No target mask: positions after the end only produce ignored (finite) logits,
+        # and a maskless call always qualifies for the fused kernel.
+        hidden = self.gru(
+            ops.concatenate([emb, context_seq], axis=-1),
+            initial_state=state["dec_h"],
+            training=training,
+        )
+        outputs = {}
+        attn_context = None
+        if self.attention is not None:
+            attn_context, outputs["attention"] = self.attention(
+                hidden, state["attn_keys"], state["enc_states"], state["src_mask"]
+            )
+        readout_ctx = ops.expand_dims(state["readout_ctx"], 1)
+        outputs["logits"] = self._logits(hidden, emb, readout_ctx, attn_context, training)
+        return outputs
+
+    def step(
+        self, token_ids: Tensor, state: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One decoding step; see `Seq2Seq.decode_step`."""
+        emb = self.embedding(token_ids)
+        gru_input = ops.concatenate([emb, state["context"]], axis=-1)
+        hidden = self.gru.cell(gru_input, state["dec_h"], training=False)[0]
+        new_state = dict(state, dec_h=hidden)
+        attn_context = None
+        if self.attention is not None:
+            attn_context, weights = self.attention(
+                ops.expand_dims(hidden, 1),
+                state["attn_keys"],
+                state["enc_states"],
+                state["src_mask"],
+            )
+            attn_context = ops.squeeze(attn_context, 1)
+            new_state["attn_weights"] = ops.squeeze(weights, 1)
+        logits = self._logits(hidden, emb, state["readout_ctx"], attn_context, False)
+        return logits, new_state
+
+    def _logits(
+        self,
+        hidden: Tensor,
+        emb: Tensor,
+        readout_ctx: Tensor,
+        attn_context: Tensor | None,
+        training: bool,
+    ) -> Tensor:
+        """Readout `O_h h' + O_y e + O_c c (+ O_a a)` -> maxout -> dropout -> float32 logits."""
+        readout = self.readout_h(hidden) + self.readout_y(emb) + readout_ctx
+        if attn_context is not None:
+            readout = readout + self.readout_a(attn_context)
+        features = self.dropout(self.maxout(readout), training=training)
+        if self.output_proj is not None:
+            return self.output_proj(features)
+        if self.tie_proj is not None:
+            features = self.tie_proj(features)
+        return self.embedding(features, reverse=True)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "embedding_dim": self.embedding_dim,
+            "units": self.units,
+            "context_dim": self.context_dim,
+            "maxout_units": self.maxout_units,
+            "attention": self.attention_type,
+            "attention_units": self.attention_units,
+            "dropout": self.dropout_rate,
+            "recurrent_dropout": self.recurrent_dropout,
+            "tie_embeddings": self.tie_embeddings,
+        }
+
+
+@keras.saving.register_keras_serializable(package="nmt")
+class Seq2Seq(keras.Model):
+    """Cho et al. (2014) encoder-decoder; `call` is teacher-forced, search uses the
+    `encode` / `initial_state` / `decode_step` trio.
+
+    Args:
+        model_config: a `ModelConfig` (or its dict form, as stored by `get_config`).
+        src_vocab_size: source vocabulary size.
+        tgt_vocab_size: target vocabulary size.
+        **kwargs: `keras.Model` arguments (`name`, `dtype` policy, ...). Sub-layers use the
+            model's dtype policy, except the float32 output projection.
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig | dict,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        cfg = model_config if isinstance(model_config, ModelConfig) else ModelConfig(**model_config)
+        if cfg.attention not in ATTENTION_TYPES:
+            raise ValueError(f"unknown attention {cfg.attention!r}; choose one of {ATTENTION_TYPES}")
+        _warn_recurrent_dropout(cfg.recurrent_dropout)
+        self.model_config = cfg
+        self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
+        self.encoder = Encoder(
+            src_vocab_size,
+            cfg.embedding_dim,
+            cfg.encoder_units,
+            num_layers=cfg.encoder_layers,
+            bidirectional=cfg.bidirectional,
+            dropout=cfg.dropout,
+            recurrent_dropout=cfg.recurrent_dropout,
+            name="encoder",
+            dtype=self.dtype_policy,
+        )
+        self.decoder = Decoder(
+            tgt_vocab_size,
+            cfg.embedding_dim,
+            cfg.decoder_units,
+            context_dim=self.encoder.output_dim,
+            maxout_units=cfg.maxout_units,
+            attention=cfg.attention,
+            attention_units=cfg.attention_units,
+            dropout=cfg.dropout,
+            recurrent_dropout=cfg.recurrent_dropout,
+            tie_embeddings=cfg.tie_embeddings,
+            name="decoder",
+            dtype=self.dtype_policy,
+        )
+
+    def build(self, input_shape: Any = None) -> None:
+        """Creates every weight by running a tiny batch (shapes are not needed)."""
+        src = ops.ones((1, 2), dtype="int32")
+        self.decoder(src, self.decoder.initial_state(self.encoder(src)))
+
+    def call(self, inputs: tuple[Tensor, Tensor], training: bool = False) -> Tensor:
+        """Teacher-forced logits.
+
+        Args:
+            inputs: `(src_ids, tgt_in_ids)`, int `(batch, src_len)` and `(batch, tgt_len)`.
+            training: enables dropout.
+
+        Returns:
+            float32 logits `(batch, tgt_len, tgt_vocab)`.
+        """
+        src_ids, tgt_in_ids = inputs
+        return self._forward(src_ids, tgt_in_ids, training)["logits"]
+
+    def _forward(self, src_ids: Tensor, tgt_in_ids: Tensor, training: bool) -> dict:
+        encoded = self.encoder(src_ids, training=training)
+        state = self.decoder.initial_state(encoded)
+        return self.decoder(tgt_in_ids, state, training=training)
+
+    def encode(self, src_ids: Tensor, training: bool = False) -> dict[str, Tensor]:
+        """Runs the encoder.
+
+        Args:
+            src_ids: `(batch, src_len)` int token ids, right-padded with `PAD_ID`.
+            training: enables dropout.
+
+        Returns:
+            `enc_states` `(batch, src_len, enc_dim)`, `src_mask` `(batch, src_len)` bool,
+            `context` `(batch, enc_dim)`; `enc_dim` is `encoder_units` times the number of
+            directions.
+        """
+        return self.encoder(src_ids, training=training)
+
+    def initial_state(self, encoded: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The decoder state for search: a flat dict, every leaf with batch leading.
+
+        Keys: `dec_h` `(batch, decoder_units)`, `context` `(batch, enc_dim)`, `readout_ctx`
+        `(batch, 2 * maxout_units)` (`O_c c`, precomputed). With attention also
+        `enc_states` `(batch, src_len, enc_dim)`, `attn_keys` `(batch, src_len, k)`,
+        `src_mask` `(batch, src_len)` bool and `attn_weights` `(batch, src_len)` float32
+        (the last step's attention; zeros before the first step). `decode_step` returns the
+        same keys, shapes and dtypes, so search can tile/gather every leaf alike.
+        """
+        return self.decoder.initial_state(encoded)
+
+    def decode_step(
+        self, token_ids: Tensor, state: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One decoder step, with the weights of the teacher-forced path.
+
+        Args:
+            token_ids: `(batch,)` int32, the previous target token (BOS first).
+            state: from `initial_state` or the previous `decode_step`.
+
+        Returns:
+            float32 logits `(batch, tgt_vocab)` and the new state.
+        """
+        return self.decoder.step(token_ids, state)
+
+    def attention_weights(self, src_ids: Tensor, tgt_in_ids: Tensor) -> Tensor:
+        """Teacher-forced attention weights, for plotting alignments.
+
+        Args:
+            src_ids: `(batch, src_len)` int token ids.
+            tgt_in_ids: `(batch, tgt_len)` decoder inputs.
+
+        Returns:
+            float32 `(batch, tgt_len, src_len)`; rows sum to 1 over the source, 0 on padding.
+
+        Raises:
+            ValueError: the model has no attention (`model.attention: none`).
+        """
+        if self.decoder.attention is None:
+            raise ValueError(
+                "attention_weights needs a model with attention, but this model has "
+                "model.attention='none'"
+            )
+        return self._forward(src_ids, tgt_in_ids, False)["attention"]
+
+    def encoder_gate_activations(self, src_ids: Tensor) -> dict[str, Tensor]:
+        """Update and reset gates of the first (forward) encoder GRU layer.
+
+        Runs the GRU recurrence from the layer's weights, in Keras' `reset_after=True`
+        form: `z = σ(x W_z + b_z + h U_z + b'_z)`, `r = σ(x W_r + b_r + h U_r + b'_r)`,
+        `h~ = tanh(x W_h + b_h + r ⊙ (h U_h + b'_h))`, `h = z ⊙ h_prev + (1 - z) ⊙ h~`.
+        Runs eagerly (a Python loop over positions); meant for notebooks.
+
+        Args:
+            src_ids: `(batch, src_len)` int token ids.
+
+        Returns:
+            `z`, `r` and `states` `(batch, src_len, units)` (gates are 0 on padding, where
+            the state is carried over), and `src_mask` `(batch, src_len)`.
+        """
+        rnn = self.encoder.rnns[0]
+        cell = (rnn.forward_layer if self.encoder.bidirectional else rnn).cell
+        inputs = ops.cast(self.encoder.embedding(src_ids), "float32")
+        mask = source_mask(src_ids)
+        bias = ops.convert_to_tensor(cell.bias)
+        x_proj = ops.matmul(inputs, cell.kernel) + bias[0]
+        h = ops.zeros((ops.shape(inputs)[0], cell.units), dtype="float32")
+        out: dict[str, list] = {"z": [], "r": [], "states": []}
+        for t in range(ops.shape(inputs)[1]):
+            x_z, x_r, x_h = ops.split(x_proj[:, t], 3, axis=-1)
+            h_z, h_r, h_h = ops.split(ops.matmul(h, cell.recurrent_kernel) + bias[1], 3, axis=-1)
+            z, r = ops.sigmoid(x_z + h_z), ops.sigmoid(x_r + h_r)
+            valid = ops.expand_dims(mask[:, t], -1)
+            h = ops.where(valid, z * h + (1.0 - z) * ops.tanh(x_h + r * h_h), h)
+            out["z"].append(ops.where(valid, z, 0.0))
+            out["r"].append(ops.where(valid, r, 0.0))
+            out["states"].append(h)
+        result = {key: ops.stack(values, axis=1) for key, values in out.items()}
+        result["src_mask"] = mask
+        return result
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "model_config": dataclasses.asdict(self.model_config),
+            "src_vocab_size": self.src_vocab_size,
+            "tgt_vocab_size": self.tgt_vocab_size,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Seq2Seq:
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+
+def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
+    """Creates a `Seq2Seq` with all weights, under the current global dtype policy.
+
+    Args:
+        cfg: model settings.
+        src_vocab_size: source vocabulary size (ids 0..size-1, PAD=0).
+        tgt_vocab_size: target vocabulary size.
+
+    Returns:
+        The built model.
+    """
+    model = Seq2Seq(cfg, src_vocab_size, tgt_vocab_size, name="seq2seq")
+    model.build()
+    return model
