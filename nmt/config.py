@@ -133,6 +133,8 @@ class DecodingConfig:
     max_len_a: float = 1.5
     max_len_b: int = 10
     batch_size: int = 64
+    # Longer inputs (in subword tokens) are truncated to this with a warning.
+    max_input_len: int = 256
 
 
 @dataclass
@@ -229,6 +231,7 @@ def _check_values(cfg: Config) -> None:
         ("decoding.beam_size", cfg.decoding.beam_size),
         ("decoding.n_best", cfg.decoding.n_best),
         ("decoding.batch_size", cfg.decoding.batch_size),
+        ("decoding.max_input_len", cfg.decoding.max_input_len),
     ]
     for name, value in positive:
         if value <= 0:

@@ -94,7 +94,9 @@ def _shift(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]
     return tf.concat([x, eos], 0), tf.concat([bos, y], 0), tf.concat([y, eos], 0)
 
 
-def _bucket(ds: tf.data.Dataset, data_cfg: DataConfig, train_cfg: TrainingConfig):
+def _bucket(
+    ds: tf.data.Dataset, data_cfg: DataConfig, train_cfg: TrainingConfig
+) -> tf.data.Dataset:
     """Groups `(src, tgt_in, tgt_out)` by shared padded length and pads to that length."""
     lengths = padded_lengths(data_cfg, train_cfg)
     # Bucket k holds lengths in (lengths[k-1], lengths[k]]; with pad_to_bucket_boundary,
@@ -168,9 +170,8 @@ def count_filtered(
 
     def batch_counts(x: tf.RaggedTensor, y: tf.RaggedTensor) -> tf.Tensor:
         empty, too_long = _empty_and_too_long(x.row_lengths(), y.row_lengths(), data_cfg)
-        total = tf.shape(x.row_lengths(), out_type=tf.int64)[0]
-        as_count = lambda flags: tf.reduce_sum(tf.cast(flags, tf.int64))  # noqa: E731
-        return tf.stack([total, as_count(empty), as_count(too_long)])
+        flags = tf.stack([tf.ones_like(empty), empty, too_long])
+        return tf.reduce_sum(tf.cast(flags, tf.int64), axis=1)  # (total, empty, too_long)
 
     counts = _tokenized_batches(pairs, src_tok, tgt_tok).map(batch_counts)
     total, empty, too_long = (

@@ -154,7 +154,9 @@ def _clean(sentences: Iterable[str], counter: list[int]) -> Iterator[str]:
             yield sentence
 
 
-def _train_one(sentences: Iterable[str], cfg: TokenizerConfig, max_sentences: int, what: str) -> bytes:
+def _train_one(
+    sentences: Iterable[str], cfg: TokenizerConfig, max_sentences: int, what: str
+) -> bytes:
     """Trains one SentencePiece model from a stream of sentences; returns the model bytes."""
     counter = [0]
     writer = io.BytesIO()

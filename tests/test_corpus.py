@@ -43,8 +43,8 @@ def test_file_pairs_plain_and_gz(tmp_path, src_suffix, tgt_suffix):
     write(tmp_path / f"train.de{src_suffix}", SRC)
     write(tmp_path / f"train.en{tgt_suffix}", TGT)
     cfg = files_cfg(tmp_path / "train")
-    assert list(corpus.iter_pairs(cfg, "train")) == list(zip(SRC, TGT))
-    assert dataset_pairs(cfg) == list(zip(SRC, TGT))
+    assert list(corpus.iter_pairs(cfg, "train")) == list(zip(SRC, TGT, strict=True))
+    assert dataset_pairs(cfg) == list(zip(SRC, TGT, strict=True))
 
 
 def test_tsv_pairs_and_extra_columns(tmp_path):

@@ -21,7 +21,7 @@ def no_network(monkeypatch):
     """Any download attempt fails the test: every case here must read local files."""
 
     def refuse(*args, **kwargs):
-        raise AssertionError("the Multi30k builder tried to download")
+        raise ConnectionError("tests must not download")
 
     monkeypatch.setattr(tfds.download.DownloadManager, "download", refuse)
     monkeypatch.delenv(MULTI30K_ENV, raising=False)
@@ -57,15 +57,19 @@ def test_builder_reads_local_folder(folder, tmp_path):
     builder = multi30k.Multi30k(config="en-de", data_dir=str(tmp_path / "tfds"))
     builder.download_and_prepare(download_config=multi30k.download_config(folder))
     splits = builder.info.splits
-    assert {name: splits[name].num_examples for name in splits.keys()} == {
+    assert {name: splits[name].num_examples for name in splits} == {
         "train": 5,
         "validation": 3,
         "test_2016": 2,
     }
     assert builder.info.supervised_keys == ("en", "de")
     examples = list(builder.as_dataset(split="validation", shuffle_files=False))
-    assert [ex["de"].numpy().decode() for ex in examples] == [line("val", "de", i) for i in range(3)]
-    assert [ex["en"].numpy().decode() for ex in examples] == [line("val", "en", i) for i in range(3)]
+    assert [ex["de"].numpy().decode() for ex in examples] == [
+        line("val", "de", i) for i in range(3)
+    ]
+    assert [ex["en"].numpy().decode() for ex in examples] == [
+        line("val", "en", i) for i in range(3)
+    ]
 
 
 @pytest.mark.parametrize("src,tgt", [("en", "de"), ("de", "en")])
@@ -114,7 +118,7 @@ def test_misaligned_files(folder, tmp_path):
 
 def test_no_local_folder_means_download(tmp_path):
     # The autouse fixture makes the download fail, as it would offline.
-    with pytest.raises(AssertionError, match="tried to download"):
+    with pytest.raises(DataError, match=r"could not download Multi30k \(ConnectionError\)"):
         corpus.load_pairs(cfg("", tmp_path / "tfds"), "train")
 
 
@@ -132,6 +136,10 @@ def test_real_multi30k(multi30k_dir, tmp_path):
         "Two young, White males are outside near many bushes.",
         "Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche.",
     )
-    assert 1 + sum(1 for _ in train) == 29000
-    assert sum(1 for _ in corpus.load_pairs(data_cfg, "validation")) == 1014
-    assert sum(1 for _ in corpus.load_pairs(data_cfg, "test")) == 1000
+    assert count(corpus.load_pairs(data_cfg, "train")) == 29000
+    assert count(corpus.load_pairs(data_cfg, "validation")) == 1014
+    assert count(corpus.load_pairs(data_cfg, "test")) == 1000
+
+
+def count(dataset) -> int:
+    return sum(len(src) for src, _ in dataset.batch(4096).as_numpy_iterator())

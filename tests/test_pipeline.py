@@ -95,7 +95,9 @@ def test_shift_padding_and_buckets(tokenizers, corpus, training):
     expected = expected_kept(corpus, src_tok, tgt_tok)
     cfg = train_cfg()
     seen = []
-    for src, tgt_in, tgt_out in batches(make_dataset(as_dataset(corpus), *tokenizers, DATA_CFG, cfg, training)):
+    for src, tgt_in, tgt_out in batches(
+        make_dataset(as_dataset(corpus), *tokenizers, DATA_CFG, cfg, training)
+    ):
         assert src.dtype == tgt_in.dtype == tgt_out.dtype == np.int32
         # One shared length per batch, always a bucket length.
         assert src.shape == tgt_in.shape == tgt_out.shape

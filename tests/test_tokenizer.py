@@ -47,7 +47,9 @@ def as_text(strings: tf.Tensor) -> list[str]:
 def synthetic_tok(tmp_path_factory) -> Tokenizer:
     out = tmp_path_factory.mktemp("tok")
     cfg = TokenizerConfig(vocab_size=200, joint=True)
-    train_tokenizers(iter(synthetic_sentences(1500, 1)), iter(synthetic_sentences(1500, 2)), cfg, out)
+    train_tokenizers(
+        iter(synthetic_sentences(1500, 1)), iter(synthetic_sentences(1500, 2)), cfg, out
+    )
     src, tgt = load_tokenizers(out)
     assert src is tgt
     return src
@@ -106,7 +108,9 @@ def test_detokenize_dense_padded_cuts_at_eos(synthetic_tok):
 
 def test_bpe_round_trip(tmp_path):
     cfg = TokenizerConfig(model_type="bpe", vocab_size=150, joint=False)
-    train_tokenizers(iter(synthetic_sentences(800, 7)), iter(synthetic_sentences(800, 8)), cfg, tmp_path)
+    train_tokenizers(
+        iter(synthetic_sentences(800, 7)), iter(synthetic_sentences(800, 8)), cfg, tmp_path
+    )
     assert (tmp_path / "src.model").is_file() and (tmp_path / "tgt.model").is_file()
     src, tgt = load_tokenizers(tmp_path)
     assert src is not tgt and src.vocab_size == tgt.vocab_size == 150
