@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 # TensorFlow's C++ start-up chatter hides our messages; users can lower it again.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,7 +29,11 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config (see configs/base.yaml for every key)")
     parser.add_argument("--run-dir", required=True, help="run directory to create or resume")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
         help="override one config value (repeatable), e.g. --set training.epochs=3",
     )
 
@@ -51,8 +56,73 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nmt import training
 
     state = training.train(_load_config(args), args.run_dir)
-    print(f"done: epoch {state.get('epoch')}, step {state.get('step')}, "
-          f"best {state.get('best')} -> {args.run_dir}")
+    print(
+        f"done: epoch {state.get('epoch')}, step {state.get('step')}, "
+        f"best {state.get('best')} -> {args.run_dir}"
+    )
+    return 0
+
+
+def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beam-size", type=int, help="beams (1 = greedy); default: config")
+    parser.add_argument("--length-penalty", type=float, help="GNMT alpha; default: config")
+    parser.add_argument("--batch-size", type=int, help="sentences per batch; default: config")
+
+
+def _decoding_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "beam_size": args.beam_size,
+        "length_penalty": args.length_penalty,
+        "batch_size": args.batch_size,
+    }
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from nmt import corpus
+    from nmt import translator as translator_lib
+
+    if args.sentence is not None and args.input:
+        raise NmtError("give either a SENTENCE or --input FILE, not both")
+    translator = translator_lib.Translator.from_run_dir(args.run_dir)
+    options = {**_decoding_kwargs(args), "n_best": args.n_best}
+    translator.decoding_options(**options)  # reject bad options before reading input
+    if args.sentence is not None:
+        lines, interactive = [args.sentence], False
+    elif args.input:
+        lines, interactive = list(corpus.read_lines(args.input)), False
+    else:
+        lines, interactive = sys.stdin, sys.stdin.isatty()
+    with translator_lib.open_output(args.output) as out:
+        if interactive:
+            translator_lib.translate_interactively(translator, out, options)
+        else:
+            translator_lib.translate_lines(
+                translator, lines, out, options, progress=args.input is not None
+            )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nmt import evaluation
+    from nmt.translator import Translator
+
+    translator = Translator.from_run_dir(args.run_dir)
+    srcs, refs, name = evaluation.load_data(translator.cfg, args.src, args.ref, args.split)
+    report = evaluation.evaluate(translator, srcs, refs, _decoding_kwargs(args), args.by_length)
+    out_dir = Path(args.output_dir or Path(args.run_dir) / "eval")
+    evaluation.write_report(report, out_dir, name)
+    print(
+        f"BLEU {report['bleu']:.2f}  chrF {report['chrf']:.2f}  ({report['sentences']} "
+        f"sentences, beam {report['beam_size']}, {report['sentences_per_s']:.1f} sent/s)"
+    )
+    print(f"sacrebleu BLEU signature: {report['bleu_signature']}")
+    print(f"sacrebleu chrF signature: {report['chrf_signature']}")
+    for row in report.get("by_source_length", []):
+        print(
+            f"  source {row['bucket']:>6} words: {row['sentences']:5d} sentences, "
+            f"BLEU {row['bleu']:6.2f}, chrF {row['chrf']:6.2f}"
+        )
+    print(f"hypotheses and report written to {out_dir}")
     return 0
 
 
@@ -73,12 +143,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (or resume) a model")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
-    for name, text in [("translate", "translate sentences with a trained run"),
-                       ("evaluate", "BLEU/chrF of a trained run"),
-                       ("export", "export a string-to-string SavedModel")]:
-        p = sub.add_parser(name, help=text)
-        p.add_argument("args", nargs="*")
-        p.set_defaults(func=_not_built(name))
+    p = sub.add_parser("translate", help="translate a sentence, a file or stdin")
+    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("sentence", nargs="?", help="sentence to translate (default: stdin)")
+    p.add_argument("--input", help="file to translate (plain or .gz), one sentence per line")
+    p.add_argument("--output", help="write translations here (default: stdout)")
+    p.add_argument(
+        "--n-best",
+        type=int,
+        default=1,
+        help="with N > 1 print N lines per input: 'INDEX ||| TRANSLATION ||| SCORE'",
+    )
+    _add_decoding_args(p)
+    p.set_defaults(func=cmd_translate)
+    p = sub.add_parser("evaluate", help="BLEU and chrF (sacrebleu) of a trained run")
+    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("--src", help="source file (plain or .gz)")
+    p.add_argument("--ref", help="reference file (plain or .gz)")
+    p.add_argument(
+        "--split",
+        choices=["train", "validation", "test"],
+        help="evaluate on a split of the run's configured corpus instead",
+    )
+    p.add_argument("--by-length", action="store_true", help="BLEU by source length")
+    p.add_argument("--output-dir", help="where hypotheses and report go (default RUN_DIR/eval)")
+    _add_decoding_args(p)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("export", help="export a string-to-string SavedModel")
+    p.add_argument("args", nargs="*")
+    p.set_defaults(func=_not_built("export"))
     return parser
 
 
@@ -86,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="nmt: %(message)s", stream=sys.stderr,
+        format="nmt: %(message)s",
+        stream=sys.stderr,
     )
     try:
         return args.func(args)

@@ -181,7 +181,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {hint.__name__}, got a boolean {value!r}")
     if not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(
+            f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
+        )
     return value
 
 
@@ -210,7 +212,9 @@ def from_dict(raw: dict[str, Any]) -> Config:
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r}; valid sections: " + ", ".join(sections))
-    cfg = Config(**{name: _build_section(cls, raw.get(name), name) for name, cls in sections.items()})
+    cfg = Config(
+        **{name: _build_section(cls, raw.get(name), name) for name, cls in sections.items()}
+    )
     _check_values(cfg)
     return cfg
 
@@ -241,9 +245,11 @@ def _check_values(cfg: Config) -> None:
             f"decoding.n_best ({cfg.decoding.n_best}) cannot exceed "
             f"decoding.beam_size ({cfg.decoding.beam_size})"
         )
-    for name, value in [("model.dropout", cfg.model.dropout),
-                        ("model.recurrent_dropout", cfg.model.recurrent_dropout),
-                        ("training.label_smoothing", cfg.training.label_smoothing)]:
+    for name, value in [
+        ("model.dropout", cfg.model.dropout),
+        ("model.recurrent_dropout", cfg.model.recurrent_dropout),
+        ("training.label_smoothing", cfg.training.label_smoothing),
+    ]:
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{name} must be in [0, 1), got {value}")
     if cfg.data.format == "tfds" and not cfg.data.tfds_name:

@@ -252,12 +252,16 @@ def _multi30k_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
     from nmt.datasets import multi30k  # tfds is slow to import; only needed here
 
     name = multi30k.config_name(data_cfg.src_lang, data_cfg.tgt_lang)
+    if split not in multi30k.SPLIT_FILES:
+        raise DataError(
+            f"Multi30k has no split {split!r}; available: " + ", ".join(multi30k.SPLIT_FILES)
+        )
     local = config_lib.multi30k_dir(data_cfg)
     if local:
         _check_multi30k_dir(Path(local), multi30k, name)
     builder = multi30k.Multi30k(config=name, data_dir=data_cfg.tfds_data_dir or None)
     builder.download_and_prepare(download_config=multi30k.download_config(local))
-    return _as_pairs(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
+    return _read_split(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
 
 
 def _check_multi30k_dir(folder: Path, multi30k: Any, name: str) -> None:
@@ -277,28 +281,38 @@ def _tfds_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
         builder = tfds.builder(data_cfg.tfds_name, data_dir=data_cfg.tfds_data_dir or None)
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(f"unknown tfds dataset {data_cfg.tfds_name!r}") from None
+    # Features are known before preparing: a wrong language fails before any download.
+    _check_languages(builder, data_cfg.src_lang, data_cfg.tgt_lang)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
-    return _as_pairs(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
+    return _read_split(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
 
 
-def _as_pairs(builder: Any, split: str, src_lang: str, tgt_lang: str) -> tf.data.Dataset:
+def _check_languages(builder: Any, src_lang: str, tgt_lang: str) -> None:
+    features = builder.info.features
+    keys = sorted(features.keys()) if hasattr(features, "keys") else []
+    for lang in (src_lang, tgt_lang):
+        if lang not in keys:
+            raise DataError(
+                f"{builder.info.full_name} has no language {lang!r}; available: "
+                + (", ".join(keys) or "none (not a translation dataset)")
+            )
+
+
+def _read_split(builder: Any, split: str, src_lang: str, tgt_lang: str) -> tf.data.Dataset:
     """Reads a prepared translation builder's split as `(src, tgt)`, in stored order."""
     import tensorflow_datasets as tfds
 
+    _check_languages(builder, src_lang, tgt_lang)
     splits = sorted(builder.info.splits.keys())
     if split not in splits:
         raise DataError(
             f"{builder.info.full_name} has no split {split!r}; available: " + ", ".join(splits)
         )
-    keys = sorted(builder.info.features.keys())
-    for lang in (src_lang, tgt_lang):
-        if lang not in keys:
-            raise DataError(
-                f"{builder.info.full_name} has no language {lang!r}; available: " + ", ".join(keys)
-            )
     # No tfds autocache: caching is the pipeline's decision, and a partly read cache warns.
     read_config = tfds.ReadConfig(try_autocache=False)
     dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
-    return dataset.map(lambda ex: (ex[src_lang], ex[tgt_lang]), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(
+        lambda ex: (ex[src_lang], ex[tgt_lang]), num_parallel_calls=tf.data.AUTOTUNE
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sacrebleu.metrics import BLEU, CHRF
@@ -40,8 +43,12 @@ def bucket_label(n_words: int, edges: Sequence[int] = LENGTH_EDGES) -> str:
     return f"{lower}+"
 
 
-def by_source_length(srcs: Sequence[str], hyps: Sequence[str], refs: Sequence[str],
-                     edges: Sequence[int] = LENGTH_EDGES) -> list[dict[str, Any]]:
+def by_source_length(
+    srcs: Sequence[str],
+    hyps: Sequence[str],
+    refs: Sequence[str],
+    edges: Sequence[int] = LENGTH_EDGES,
+) -> list[dict[str, Any]]:
     """BLEU per source-length bucket (words), as in Bahdanau et al. (2015), figure 2.
 
     Returns:
@@ -60,6 +67,65 @@ def by_source_length(srcs: Sequence[str], hyps: Sequence[str], refs: Sequence[st
     for label in sorted(groups, key=order.__getitem__):
         hs, rs = groups[label]
         result = score(hs, rs)
-        rows.append({"bucket": label, "sentences": len(hs),
-                     "bleu": result["bleu"], "chrf": result["chrf"]})
+        rows.append(
+            {"bucket": label, "sentences": len(hs), "bleu": result["bleu"], "chrf": result["chrf"]}
+        )
     return rows
+
+
+def load_data(
+    cfg, src: str | None, ref: str | None, split: str | None
+) -> tuple[list[str], list[str], str]:
+    """Source and reference sentences from two files or a split of the configured corpus.
+
+    Returns:
+        (sources, references, name), name labelling the output files (e.g. "test").
+    """
+    from nmt import corpus
+
+    if split and (src or ref):
+        raise DataError("give either --split or --src/--ref, not both")
+    if split:
+        pairs = list(corpus.iter_pairs(cfg.data, split))
+        return [s for s, _ in pairs], [t for _, t in pairs], split
+    if not (src and ref):
+        raise DataError("give --src FILE and --ref FILE, or --split NAME")
+    srcs, refs = list(corpus.read_lines(src)), list(corpus.read_lines(ref))
+    if len(srcs) != len(refs):
+        raise DataError(f"{src} has {len(srcs)} lines but {ref} has {len(refs)}")
+    name = Path(src).name.removesuffix(".gz")
+    return srcs, refs, name
+
+
+def evaluate(
+    translator, srcs: Sequence[str], refs: Sequence[str], decoding: dict, by_length: bool = False
+) -> dict[str, Any]:
+    """Translates `srcs` and scores them against `refs`.
+
+    Returns:
+        The report: scores and signatures, decoding settings, speed, the hypotheses, and a
+        by-source-length breakdown when asked.
+    """
+    opts = translator.decoding_options(**decoding)
+    start = time.perf_counter()
+    hyps = translator.translate(srcs, **decoding, progress=True)
+    seconds = time.perf_counter() - start
+    report = {
+        **score(hyps, refs),
+        "beam_size": opts.beam_size,
+        "length_penalty": opts.length_penalty,
+        "seconds": round(seconds, 2),
+        "sentences_per_s": round(len(srcs) / max(seconds, 1e-9), 2),
+    }
+    if by_length:
+        report["by_source_length"] = by_source_length(srcs, hyps, refs)
+    report["hypotheses"] = hyps
+    return report
+
+
+def write_report(report: dict[str, Any], out_dir: Path, name: str) -> None:
+    """Writes NAME.hyp (one translation per line) and NAME.json (the report without them)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.hyp").write_text("".join(h + "\n" for h in report["hypotheses"]))
+    summary = {k: v for k, v in report.items() if k != "hypotheses"}
+    (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")

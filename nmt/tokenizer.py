@@ -39,6 +39,8 @@ SRC_MODEL = "src.model"
 TGT_MODEL = "tgt.model"
 
 _SPECIAL_PIECES = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
+# SentencePiece samples `input_sentence_size` sentences only when that is above 100.
+_MIN_SAMPLED = 101
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
 
@@ -154,31 +156,45 @@ def _clean(sentences: Iterable[str], counter: list[int]) -> Iterator[str]:
             yield sentence
 
 
-def _train_one(
-    sentences: Iterable[str], cfg: TokenizerConfig, max_sentences: int, what: str
-) -> bytes:
-    """Trains one SentencePiece model from a stream of sentences; returns the model bytes."""
+def _trainer_options(cfg: TokenizerConfig, max_sentences: int) -> dict:
+    """SentencePiece trainer arguments: the config plus nmt's fixed special ids."""
+    return dict(
+        model_type=cfg.model_type,
+        vocab_size=cfg.vocab_size,
+        character_coverage=cfg.character_coverage,
+        input_sentence_size=max_sentences,  # 0 = use every sentence
+        shuffle_input_sentence=True,
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_piece=_SPECIAL_PIECES[PAD_ID],
+        unk_piece=_SPECIAL_PIECES[UNK_ID],
+        bos_piece=_SPECIAL_PIECES[BOS_ID],
+        eos_piece=_SPECIAL_PIECES[EOS_ID],
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,  # SentencePiece's progress log is long; errors still raise.
+    )
+
+
+def _train_one(languages: list[Iterable[str]], cfg: TokenizerConfig, what: str) -> bytes:
+    """Trains one SentencePiece model on the sentences of one or more languages.
+
+    Returns:
+        The serialized model.
+    """
     counter = [0]
+    limit = cfg.max_training_sentences
+    streams = [_clean(sentences, counter) for sentences in languages]
+    if 0 < limit < _MIN_SAMPLED:
+        # SentencePiece refuses to sample fewer than 101 sentences: take the first ones.
+        streams = [itertools.islice(stream, limit) for stream in streams]
+        limit = 0
+    options = _trainer_options(cfg, max(limit, 0) * len(languages))
     writer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_clean(sentences, counter),
-            model_writer=writer,
-            model_type=cfg.model_type,
-            vocab_size=cfg.vocab_size,
-            character_coverage=cfg.character_coverage,
-            input_sentence_size=max_sentences,
-            shuffle_input_sentence=True,
-            pad_id=PAD_ID,
-            unk_id=UNK_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            pad_piece=_SPECIAL_PIECES[PAD_ID],
-            unk_piece=_SPECIAL_PIECES[UNK_ID],
-            bos_piece=_SPECIAL_PIECES[BOS_ID],
-            eos_piece=_SPECIAL_PIECES[EOS_ID],
-            num_threads=os.cpu_count() or 1,
-            minloglevel=2,  # SentencePiece's progress log is long; errors still raise.
+            sentence_iterator=itertools.chain(*streams), model_writer=writer, **options
         )
     except RuntimeError as exc:
         raise _training_error(exc, cfg, counter[0], what) from None
@@ -235,13 +251,12 @@ def train_tokenizers(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.joint:
-        both = itertools.chain(src_sentences, tgt_sentences)
-        proto = _train_one(both, cfg, 2 * cfg.max_training_sentences, "joint")
+        proto = _train_one([src_sentences, tgt_sentences], cfg, "joint")
         _write_model(proto, out_dir / JOINT_MODEL)
         stale = [SRC_MODEL, TGT_MODEL]
     else:
-        src_proto = _train_one(src_sentences, cfg, cfg.max_training_sentences, "source")
-        tgt_proto = _train_one(tgt_sentences, cfg, cfg.max_training_sentences, "target")
+        src_proto = _train_one([src_sentences], cfg, "source")
+        tgt_proto = _train_one([tgt_sentences], cfg, "target")
         _write_model(src_proto, out_dir / SRC_MODEL)
         _write_model(tgt_proto, out_dir / TGT_MODEL)
         stale = [JOINT_MODEL]

@@ -85,8 +85,11 @@ def prepare(cfg: Config, run_dir: str | Path) -> dict[str, dict[str, int]]:
     write_config(cfg, run_dir)
     tok_dir = run_dir / TOKENIZER_DIR
     if not tokenizer.tokenizers_exist(tok_dir):
-        log.info("training SentencePiece (%s, %d pieces)", cfg.tokenizer.model_type,
-                 cfg.tokenizer.vocab_size)
+        log.info(
+            "training SentencePiece (%s, %d pieces)",
+            cfg.tokenizer.model_type,
+            cfg.tokenizer.vocab_size,
+        )
         start = time.perf_counter()
         src = (s for s, _ in corpus.iter_pairs(cfg.data, "train"))
         tgt = (t for _, t in corpus.iter_pairs(cfg.data, "train"))
@@ -137,8 +140,9 @@ class MaskedCrossEntropy(keras.losses.Loss):
     positions are not down-weighted.
     """
 
-    def __init__(self, label_smoothing: float = 0.0, name: str = "masked_cross_entropy",
-                 **kwargs: Any):
+    def __init__(
+        self, label_smoothing: float = 0.0, name: str = "masked_cross_entropy", **kwargs: Any
+    ):
         super().__init__(name=name, **kwargs)
         self.label_smoothing = label_smoothing
 
@@ -179,8 +183,10 @@ def learning_rate(cfg: TrainingConfig):
     if cfg.lr_schedule == "cosine":
         warm = cfg.warmup_steps > 0
         return schedules.CosineDecay(
-            0.0 if warm else cfg.learning_rate, cfg.lr_decay_steps,
-            warmup_target=cfg.learning_rate if warm else None, warmup_steps=cfg.warmup_steps,
+            0.0 if warm else cfg.learning_rate,
+            cfg.lr_decay_steps,
+            warmup_target=cfg.learning_rate if warm else None,
+            warmup_steps=cfg.warmup_steps,
         )
     return cfg.learning_rate
 
@@ -206,8 +212,7 @@ class RunKeeper(keras.callbacks.Callback):
     old or the new checkpoint, never a torn one.
     """
 
-    def __init__(self, run_dir: Path, cfg: TrainingConfig, state: dict[str, Any],
-                 bleu_fn=None):
+    def __init__(self, run_dir: Path, cfg: TrainingConfig, state: dict[str, Any], bleu_fn=None):
         super().__init__()
         self.run_dir, self.cfg, self.state, self.bleu_fn = run_dir, cfg, state, bleu_fn
         self.diverged_at: int | None = None
@@ -239,7 +244,8 @@ class RunKeeper(keras.callbacks.Callback):
         score, higher_is_better = self._score(record)
         best = self.state.get("best")
         improved = math.isfinite(score) and (
-            best is None or (score > best if higher_is_better else score < best))
+            best is None or (score > best if higher_is_better else score < best)
+        )
         if improved:
             self.state.update(best=score, bad_validations=0)
             self._save_weights(self.run_dir / BEST_WEIGHTS)
@@ -315,24 +321,36 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     keras.mixed_precision.set_global_policy(policy)
     src_tok, tgt_tok = tokenizer.load_tokenizers(run_dir / TOKENIZER_DIR)
     datasets = {
-        split: pipeline.make_dataset(corpus.load_pairs(cfg.data, split), src_tok, tgt_tok,
-                                     cfg.data, cfg.training, training=(split == "train"))
+        split: pipeline.make_dataset(
+            corpus.load_pairs(cfg.data, split),
+            src_tok,
+            tgt_tok,
+            cfg.data,
+            cfg.training,
+            training=(split == "train"),
+        )
         for split in ("train", "validation")
     }
     model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
     compile_model(model, cfg.training)
     state = load_checkpoint(model, run_dir)
     if state:
-        log.info("resuming from %s: epoch %d, step %d", run_dir / CHECKPOINT_DIR,
-                 state["epoch"], state["step"])
+        log.info(
+            "resuming from %s: epoch %d, step %d",
+            run_dir / CHECKPOINT_DIR,
+            state["epoch"],
+            state["step"],
+        )
     if _finished(state, cfg.training):
         log.info("training already finished (epoch %d, step %d)", state["epoch"], state["step"])
         return state
     keeper = RunKeeper(run_dir, cfg.training, state, bleu_fn=_bleu_fn(cfg, run_dir))
     log.info("training %s params, precision %s", f"{model.count_params():,}", policy)
     model.fit(
-        datasets["train"], validation_data=datasets["validation"],
-        epochs=cfg.training.epochs, initial_epoch=state.get("epoch", 0),
+        datasets["train"],
+        validation_data=datasets["validation"],
+        epochs=cfg.training.epochs,
+        initial_epoch=state.get("epoch", 0),
         callbacks=[keeper, keras.callbacks.TensorBoard(str(run_dir / "logs"))],
         verbose=1 if sys.stdout.isatty() else 2,
     )
@@ -348,8 +366,11 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
 def _finished(state: dict[str, Any], cfg: TrainingConfig) -> bool:
     if not state:
         return False
-    return (state.get("stopped_early", False) or state["epoch"] >= cfg.epochs
-            or bool(cfg.max_steps and state["step"] >= cfg.max_steps))
+    return (
+        state.get("stopped_early", False)
+        or state["epoch"] >= cfg.epochs
+        or bool(cfg.max_steps and state["step"] >= cfg.max_steps)
+    )
 
 
 def _bleu_fn(cfg: Config, run_dir: Path):

@@ -64,8 +64,12 @@ class Translator:
         return [hyps[0][0] for hyps in self.translate_n_best(sentences, **options)]
 
     def translate_n_best(
-        self, sentences: Sequence[str], beam_size: int | None = None, n_best: int | None = None,
-        length_penalty: float | None = None, batch_size: int | None = None,
+        self,
+        sentences: Sequence[str],
+        beam_size: int | None = None,
+        n_best: int | None = None,
+        length_penalty: float | None = None,
+        batch_size: int | None = None,
         progress: bool = False,
     ) -> list[list[Hypothesis]]:
         """n-best translations with their normalized scores, best first, in input order.
@@ -81,9 +85,10 @@ class Translator:
         order = sorted((i for i, x in enumerate(ids) if x), key=lambda i: len(ids[i]))
         bar = keras.utils.Progbar(len(sentences)) if progress and sentences else None
         for start in range(0, len(order), opts.batch_size):
-            chunk = order[start:start + opts.batch_size]
-            for i, hyps in zip(chunk, self._decode_batch([ids[i] for i in chunk], opts),
-                               strict=True):
+            chunk = order[start : start + opts.batch_size]
+            for i, hyps in zip(
+                chunk, self._decode_batch([ids[i] for i in chunk], opts), strict=True
+            ):
                 results[i] = hyps
             if bar:
                 bar.update(min(start + len(chunk), len(order)))
@@ -91,16 +96,20 @@ class Translator:
             bar.update(len(sentences), finalize=True)
         return results
 
-    def decoding_options(self, beam_size=None, n_best=None, length_penalty=None,
-                         batch_size=None) -> DecodingConfig:
-        given = {"beam_size": beam_size, "n_best": n_best, "length_penalty": length_penalty,
-                 "batch_size": batch_size}
+    def decoding_options(
+        self, beam_size=None, n_best=None, length_penalty=None, batch_size=None
+    ) -> DecodingConfig:
+        given = {
+            "beam_size": beam_size,
+            "n_best": n_best,
+            "length_penalty": length_penalty,
+            "batch_size": batch_size,
+        }
         opts = replace(self.cfg.decoding, **{k: v for k, v in given.items() if v is not None})
         if opts.beam_size < 1 or opts.batch_size < 1 or opts.n_best < 1:
             raise NmtError("beam size, n-best and batch size must be at least 1")
         if opts.n_best > opts.beam_size:
-            raise NmtError(f"n-best ({opts.n_best}) cannot exceed the beam size "
-                           f"({opts.beam_size})")
+            raise NmtError(f"n-best ({opts.n_best}) cannot exceed the beam size ({opts.beam_size})")
         return opts
 
     def _encode_source(self, sentence: str, index: int) -> list[int]:
@@ -109,8 +118,12 @@ class Translator:
         ids = self.src_tok.encode(sentence)
         limit = self.cfg.decoding.max_input_len
         if len(ids) > limit:
-            log.warning("input %d has %d tokens; translating its first %d "
-                        "(decoding.max_input_len)", index + 1, len(ids), limit)
+            log.warning(
+                "input %d has %d tokens; translating its first %d (decoding.max_input_len)",
+                index + 1,
+                len(ids),
+                limit,
+            )
             ids = ids[:limit]
         return ids + [config_lib.EOS_ID]
 
@@ -118,7 +131,7 @@ class Translator:
         src_len = math.ceil(max(map(len, batch)) / SRC_PAD_MULTIPLE) * SRC_PAD_MULTIPLE
         src = np.full((len(batch), src_len), PAD_ID, np.int32)
         for row, seq in zip(src, batch, strict=True):
-            row[:len(seq)] = seq
+            row[: len(seq)] = seq
         lengths = np.array([len(s) for s in batch], np.float32)
         max_len = (opts.max_len_a * lengths + opts.max_len_b).astype(np.int32)
         max_steps = int(opts.max_len_a * src_len + opts.max_len_b)
@@ -126,8 +139,10 @@ class Translator:
         out_ids, scores = fn(tf.constant(src), tf.constant(max_len))
         out_ids, scores = out_ids.numpy(), scores.numpy()
         return [
-            [(self.tgt_tok.decode(_strip(out_ids[b, k])), float(scores[b, k]))
-             for k in range(opts.n_best)]
+            [
+                (self.tgt_tok.decode(_strip(out_ids[b, k])), float(scores[b, k]))
+                for k in range(opts.n_best)
+            ]
             for b in range(len(batch))
         ]
 
@@ -135,14 +150,14 @@ class Translator:
         key = (beam_size, n_best, alpha, max_steps)
         if key not in self._compiled:
             self._compiled[key] = tf.function(
-                lambda src_ids, max_len: self.search(src_ids, max_len, beam_size, n_best,
-                                                     alpha, max_steps),
+                lambda src_ids, max_len: self.search(
+                    src_ids, max_len, beam_size, n_best, alpha, max_steps
+                ),
                 reduce_retracing=True,
             )
         return self._compiled[key]
 
-    def search(self, src_ids, max_len, beam_size: int, n_best: int, alpha: float,
-               max_steps: int):
+    def search(self, src_ids, max_len, beam_size: int, n_best: int, alpha: float, max_steps: int):
         """Encodes `src_ids` `(batch, src_len)` and runs greedy/beam search in one loop.
 
         Returns:
@@ -154,8 +169,15 @@ class Translator:
             logits, state = self.model.decode_step(token_ids, state)
             return keras.ops.log_softmax(logits, axis=-1), state
 
-        return search.beam_search(step, state, max_len, beam_size, length_penalty=alpha,
-                                  n_best=n_best, max_steps=max_steps)
+        return search.beam_search(
+            step,
+            state,
+            max_len,
+            beam_size,
+            length_penalty=alpha,
+            n_best=n_best,
+            max_steps=max_steps,
+        )
 
 
 def _strip(ids: Iterable[int]) -> list[int]:
@@ -172,5 +194,71 @@ def _weights_file(run_dir: Path) -> Path:
     if last.is_file():
         log.warning("%s has no best weights yet; using the last checkpoint", run_dir)
         return last
-    raise RunDirError(f"{run_dir} has no trained model (no {training.BEST_WEIGHTS}); "
-                      "train it first with 'nmt train'")
+    raise RunDirError(
+        f"{run_dir} has no trained model (no {training.BEST_WEIGHTS}); "
+        "train it first with 'nmt train'"
+    )
+
+
+def open_output(path: str | None):
+    """The output file (UTF-8, parent folders made) or stdout, as a context manager."""
+    import contextlib
+    import sys
+
+    if path is None:
+        return contextlib.nullcontext(sys.stdout)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "w", encoding="utf-8")
+
+
+def format_hypotheses(index: int, hyps: list[Hypothesis], n_best: int) -> str:
+    """One line per input; with n_best > 1, Moses-style 'INDEX ||| TEXT ||| SCORE' lines."""
+    if n_best == 1:
+        return hyps[0][0] + "\n"
+    return "".join(f"{index} ||| {text} ||| {score:.4f}\n" for text, score in hyps)
+
+
+def translate_lines(
+    translator: Translator,
+    lines: Iterable[str],
+    out,
+    options: dict,
+    progress: bool = False,
+    chunk: int = 2048,
+) -> None:
+    """Translates lines in chunks (streaming stdin), writing N outputs for N inputs in order."""
+    n_best = options.get("n_best") or translator.cfg.decoding.n_best
+    index, buffer = 0, []
+    for line in _chain_end(lines):
+        if line is not None:
+            buffer.append(line.rstrip("\r\n"))
+        if buffer and (line is None or len(buffer) >= chunk):
+            for hyps in translator.translate_n_best(buffer, **options, progress=progress):
+                out.write(format_hypotheses(index, hyps, n_best))
+                index += 1
+            out.flush()
+            buffer = []
+
+
+def _chain_end(lines: Iterable[str]):
+    yield from lines
+    yield None
+
+
+def translate_interactively(translator: Translator, out, options: dict) -> None:
+    """A prompt on a terminal: each line typed is translated at once; Ctrl-D ends."""
+    import sys
+
+    n_best = options.get("n_best") or translator.cfg.decoding.n_best
+    index = 0
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        out.write(
+            format_hypotheses(index, translator.translate_n_best([line], **options)[0], n_best)
+        )
+        out.flush()
+        index += 1

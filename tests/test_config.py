@@ -27,8 +27,15 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_overrides_are_parsed_as_yaml_and_typed(tmp_path):
-    cfg = config.load(None, ["training.epochs=3", "training.learning_rate=1e-4",
-                             "model.attention=dot", "model.bidirectional=false"])
+    cfg = config.load(
+        None,
+        [
+            "training.epochs=3",
+            "training.learning_rate=1e-4",
+            "model.attention=dot",
+            "model.bidirectional=false",
+        ],
+    )
     assert cfg.training.epochs == 3
     assert cfg.training.learning_rate == pytest.approx(1e-4)
     assert cfg.model.attention == "dot"

@@ -125,7 +125,7 @@ def test_no_local_folder_means_download(tmp_path):
 def test_unknown_split(folder, tmp_path):
     data_cfg = cfg(folder, tmp_path / "tfds")
     data_cfg.test = "test_2017"
-    with pytest.raises(DataError, match="no split 'test_2017'; available: test_2016, train"):
+    with pytest.raises(DataError, match="no split 'test_2017'; available: train, validation, test_2016"):
         corpus.load_pairs(data_cfg, "test")
 
 
@@ -139,6 +139,9 @@ def test_real_multi30k(multi30k_dir, tmp_path):
     assert count(corpus.load_pairs(data_cfg, "train")) == 29000
     assert count(corpus.load_pairs(data_cfg, "validation")) == 1014
     assert count(corpus.load_pairs(data_cfg, "test")) == 1000
+    # The prepared tfds split keeps the file order, line for line.
+    files = corpus.iter_aligned(multi30k_dir / "val.en.gz", multi30k_dir / "val.de.gz")
+    assert list(corpus.iter_pairs(data_cfg, "validation")) == list(files)
 
 
 def count(dataset) -> int:
