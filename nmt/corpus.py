@@ -313,6 +313,4 @@ def _read_split(builder: Any, split: str, src_lang: str, tgt_lang: str) -> tf.da
     # No tfds autocache: caching is the pipeline's decision, and a partly read cache warns.
     read_config = tfds.ReadConfig(try_autocache=False)
     dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config)
-    return dataset.map(
-        lambda ex: (ex[src_lang], ex[tgt_lang]), num_parallel_calls=tf.data.AUTOTUNE
-    )
+    return dataset.map(lambda ex: (ex[src_lang], ex[tgt_lang]), num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,7 +1,8 @@
 """SentencePiece subword tokenizers: trained with `sentencepiece`, applied in-graph.
 
-Training streams sentences into `sentencepiece` (no Python list of the corpus is built)
-and writes the serialized models into a folder (normally the run directory):
+Training streams the sentences through a temporary file (no Python list of the corpus is
+built), samples at most `tokenizer.max_training_sentences` per language with a seed, trains
+with `sentencepiece` and writes the serialized models into a folder (the run directory):
 
 - joint vocabulary (`tokenizer.joint: true`): `joint.model` (+ `joint.vocab`, for reading)
 - separate vocabularies: `src.model` and `tgt.model` (+ `src.vocab`, `tgt.vocab`)
@@ -24,9 +25,11 @@ import io
 import itertools
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -39,8 +42,6 @@ SRC_MODEL = "src.model"
 TGT_MODEL = "tgt.model"
 
 _SPECIAL_PIECES = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
-# SentencePiece samples `input_sentence_size` sentences only when that is above 100.
-_MIN_SAMPLED = 101
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
 
@@ -147,23 +148,43 @@ class Tokenizer:
         return self._sp.piece_to_id(piece)
 
 
-def _clean(sentences: Iterable[str], counter: list[int]) -> Iterator[str]:
-    """Yields stripped non-empty sentences, counting them in `counter[0]` as it goes."""
-    for sentence in sentences:
-        sentence = sentence.strip()
-        if sentence:
-            counter[0] += 1
-            yield sentence
+def _spool(sentences: Iterable[str], path: Path) -> int:
+    """Streams stripped non-empty sentences into `path`, one per line; returns the count."""
+    count = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for sentence in sentences:
+            # A newline inside an item would split it in two in the spool file.
+            sentence = sentence.strip().replace("\n", " ")
+            if sentence:
+                f.write(sentence + "\n")
+                count += 1
+    return count
 
 
-def _trainer_options(cfg: TokenizerConfig, max_sentences: int) -> dict:
+def _read_sample(path: Path, count: int, limit: int, seed: int) -> Iterator[str]:
+    """Yields the lines of `path`, or `limit` of them chosen uniformly when `count` is larger.
+
+    The sample depends only on `seed` (SentencePiece's own sampler is not repeatable), and
+    only the chosen line numbers are held in memory, never the text.
+    """
+    chosen = None
+    if 0 < limit < count:
+        chosen = np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+    with open(path, encoding="utf-8", newline="\n") as f:
+        next_pick = 0  # index into the sorted line numbers `chosen`
+        for i, line in enumerate(f):
+            if chosen is None or (next_pick < limit and chosen[next_pick] == i):
+                next_pick += 1
+                yield line[:-1]
+
+
+def _trainer_options(cfg: TokenizerConfig) -> dict:
     """SentencePiece trainer arguments: the config plus nmt's fixed special ids."""
     return dict(
         model_type=cfg.model_type,
         vocab_size=cfg.vocab_size,
         character_coverage=cfg.character_coverage,
-        input_sentence_size=max_sentences,  # 0 = use every sentence
-        shuffle_input_sentence=True,
+        input_sentence_size=0,  # sampling is done beforehand, repeatably (_read_sample)
         pad_id=PAD_ID,
         unk_id=UNK_ID,
         bos_id=BOS_ID,
@@ -177,27 +198,27 @@ def _trainer_options(cfg: TokenizerConfig, max_sentences: int) -> dict:
     )
 
 
-def _train_one(languages: list[Iterable[str]], cfg: TokenizerConfig, what: str) -> bytes:
-    """Trains one SentencePiece model on the sentences of one or more languages.
+def _train_one(spools: list[tuple[Path, int]], cfg: TokenizerConfig, seed: int, what: str) -> bytes:
+    """Trains one SentencePiece model on spooled sentences of one or more languages.
+
+    Args:
+        spools: `(path, sentence count)` per language, as written by `_spool`.
 
     Returns:
         The serialized model.
     """
-    counter = [0]
     limit = cfg.max_training_sentences
-    streams = [_clean(sentences, counter) for sentences in languages]
-    if 0 < limit < _MIN_SAMPLED:
-        # SentencePiece refuses to sample fewer than 101 sentences: take the first ones.
-        streams = [itertools.islice(stream, limit) for stream in streams]
-        limit = 0
-    options = _trainer_options(cfg, max(limit, 0) * len(languages))
+    streams = [_read_sample(path, count, limit, seed + k) for k, (path, count) in enumerate(spools)]
     writer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=itertools.chain(*streams), model_writer=writer, **options
+            sentence_iterator=itertools.chain(*streams),
+            model_writer=writer,
+            **_trainer_options(cfg),
         )
     except RuntimeError as exc:
-        raise _training_error(exc, cfg, counter[0], what) from None
+        n_sentences = sum(min(count, limit) if limit > 0 else count for _, count in spools)
+        raise _training_error(exc, cfg, n_sentences, what) from None
     return writer.getvalue()
 
 
@@ -205,14 +226,13 @@ def _training_error(
     exc: RuntimeError, cfg: TokenizerConfig, n_sentences: int, what: str
 ) -> DataError:
     """Turns SentencePiece's internal errors into a one-line `DataError`."""
-    if n_sentences == 0:
-        return DataError(f"cannot train the {what} tokenizer: the corpus has no non-empty lines")
     match = _TOO_HIGH.search(str(exc))
     if match:
         return DataError(
-            f"tokenizer.vocab_size={cfg.vocab_size} is too large for the {what} corpus "
-            f"({n_sentences} sentences): SentencePiece can build at most {match.group(2)} "
-            f"pieces from it; set tokenizer.vocab_size to {match.group(2)} or less"
+            f"tokenizer.vocab_size={cfg.vocab_size} is too large for the {what} tokenizer's "
+            f"corpus ({n_sentences} sentences): SentencePiece can build at most "
+            f"{match.group(2)} pieces from it; set tokenizer.vocab_size to {match.group(2)} "
+            "or less"
         )
     return DataError(f"SentencePiece failed to train the {what} tokenizer: {exc}")
 
@@ -227,16 +247,32 @@ def _write_model(proto: bytes, path: Path) -> None:
     path.with_suffix(".vocab").write_text(vocab, encoding="utf-8")
 
 
+def _spool_both(
+    src_sentences: Iterable[str], tgt_sentences: Iterable[str], tmp: Path
+) -> tuple[tuple[Path, int], tuple[Path, int]]:
+    """Spools both sides into `tmp`; a side without any non-empty line is a `DataError`."""
+    spools = []
+    for side, sentences in (("source", src_sentences), ("target", tgt_sentences)):
+        path = tmp / f"{side}.txt"
+        count = _spool(sentences, path)
+        if count == 0:
+            raise DataError(f"cannot train the tokenizer: the {side} side has no non-empty lines")
+        spools.append((path, count))
+    return spools[0], spools[1]
+
+
 def train_tokenizers(
     src_sentences: Iterable[str],
     tgt_sentences: Iterable[str],
     cfg: TokenizerConfig,
     out_dir: Path,
+    seed: int = 0,
 ) -> None:
     """Trains SentencePiece model(s) and writes them into `out_dir`.
 
-    Both iterables are consumed once, lazily. Empty lines are skipped. At most
-    `cfg.max_training_sentences` sentences per language are sampled (uniformly).
+    Both iterables are consumed once, lazily, into temporary files inside `out_dir` (removed
+    afterwards); empty lines are skipped. When a side has more than
+    `cfg.max_training_sentences` lines, that many are sampled uniformly with `seed`.
 
     Args:
         src_sentences: Source-language sentences, one per item.
@@ -244,24 +280,26 @@ def train_tokenizers(
         cfg: Model type, vocabulary size, coverage, sampling size and joint/separate.
         out_dir: Folder (created if needed) that receives `joint.model`, or
             `src.model` and `tgt.model`.
+        seed: Seed of the sentence sampling; the same inputs and seed give the same models.
 
     Raises:
         DataError: A side has no non-empty lines, or is too small for `cfg.vocab_size`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.joint:
-        proto = _train_one([src_sentences, tgt_sentences], cfg, "joint")
-        _write_model(proto, out_dir / JOINT_MODEL)
-        stale = [SRC_MODEL, TGT_MODEL]
-    else:
-        src_proto = _train_one([src_sentences], cfg, "source")
-        tgt_proto = _train_one([tgt_sentences], cfg, "target")
-        _write_model(src_proto, out_dir / SRC_MODEL)
-        _write_model(tgt_proto, out_dir / TGT_MODEL)
-        stale = [JOINT_MODEL]
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".spm-") as tmp:
+        src, tgt = _spool_both(src_sentences, tgt_sentences, Path(tmp))
+        if cfg.joint:
+            protos = {JOINT_MODEL: _train_one([src, tgt], cfg, seed, "joint")}
+        else:
+            protos = {
+                SRC_MODEL: _train_one([src], cfg, seed, "source"),
+                TGT_MODEL: _train_one([tgt], cfg, seed, "target"),
+            }
+    for name, proto in protos.items():
+        _write_model(proto, out_dir / name)
     # Models of the other layout would make `load_tokenizers` ambiguous.
-    for name in stale:
+    for name in {JOINT_MODEL, SRC_MODEL, TGT_MODEL} - protos.keys():
         (out_dir / name).unlink(missing_ok=True)
         (out_dir / name).with_suffix(".vocab").unlink(missing_ok=True)
 

@@ -24,7 +24,6 @@ def no_network(monkeypatch):
         raise ConnectionError("tests must not download")
 
     monkeypatch.setattr(tfds.download.DownloadManager, "download", refuse)
-    monkeypatch.delenv(MULTI30K_ENV, raising=False)
 
 
 def line(stem: str, lang: str, index: int) -> str:
@@ -116,7 +115,8 @@ def test_misaligned_files(folder, tmp_path):
     assert f"{folder / 'train.de.gz'} has 1 lines" in message
 
 
-def test_no_local_folder_means_download(tmp_path):
+def test_no_local_folder_means_download(tmp_path, monkeypatch):
+    monkeypatch.delenv(MULTI30K_ENV, raising=False)
     # The autouse fixture makes the download fail, as it would offline.
     with pytest.raises(DataError, match=r"could not download Multi30k \(ConnectionError\)"):
         corpus.load_pairs(cfg("", tmp_path / "tfds"), "train")
@@ -125,7 +125,26 @@ def test_no_local_folder_means_download(tmp_path):
 def test_unknown_split(folder, tmp_path):
     data_cfg = cfg(folder, tmp_path / "tfds")
     data_cfg.test = "test_2017"
-    with pytest.raises(DataError, match="no split 'test_2017'; available: train, validation, test_2016"):
+    expected = "no split 'test_2017'; available: train, validation, test_2016"
+    with pytest.raises(DataError, match=expected):
+        corpus.load_pairs(data_cfg, "test")
+
+
+def test_generic_tfds_format_reads_a_prepared_dataset(folder, tmp_path):
+    data_dir = tmp_path / "tfds"
+    builder = multi30k.Multi30k(config="en-de", data_dir=str(data_dir))
+    builder.download_and_prepare(download_config=multi30k.download_config(folder))
+    data_cfg = DataConfig(
+        format="tfds", tfds_name="multi30k/en-de", tfds_data_dir=str(data_dir), test="test_2016"
+    )
+    assert next(corpus.iter_pairs(data_cfg, "test")) == (
+        line("test_2016_flickr", "en", 0),
+        line("test_2016_flickr", "de", 0),
+    )
+    data_cfg.tgt_lang = "fr"
+    with pytest.raises(
+        DataError, match="multi30k/en-de/1.0.0 has no language 'fr'; available: de, en"
+    ):
         corpus.load_pairs(data_cfg, "test")
 
 

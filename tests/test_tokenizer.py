@@ -141,7 +141,7 @@ def test_load_tokenizers_errors(tmp_path):
 def test_vocab_too_large_for_tiny_corpus(tmp_path):
     cfg = TokenizerConfig(vocab_size=8000)
     with pytest.raises(DataError) as info:
-        train_tokenizers(iter(["a small corpus", "of two lines"]), iter([]), cfg, tmp_path)
+        train_tokenizers(iter(["a small corpus"]), iter(["of two lines"]), cfg, tmp_path)
     message = str(info.value)
     assert "tokenizer.vocab_size=8000 is too large" in message
     assert "set tokenizer.vocab_size to" in message and "\n" not in message
@@ -150,8 +150,20 @@ def test_vocab_too_large_for_tiny_corpus(tmp_path):
 
 def test_empty_corpus(tmp_path):
     cfg = TokenizerConfig(vocab_size=100, joint=False)
-    with pytest.raises(DataError, match="source tokenizer: the corpus has no non-empty lines"):
-        train_tokenizers(iter(["", " "]), iter(["x"]), cfg, tmp_path)
+    with pytest.raises(DataError, match="the target side has no non-empty lines"):
+        train_tokenizers(iter(["x y"]), iter(["", " "]), cfg, tmp_path)
+
+
+def test_sampling_is_seeded(tmp_path):
+    """Sampling max_training_sentences of a larger corpus is repeatable given the seed."""
+    cfg = TokenizerConfig(vocab_size=100, joint=True, max_training_sentences=300)
+    models = []
+    for seed in (0, 0, 1):
+        corpus = synthetic_sentences(1500, 11)
+        train_tokenizers(iter(corpus), iter(corpus[::-1]), cfg, tmp_path, seed=seed)
+        models.append((tmp_path / "joint.model").read_bytes())
+    assert models[0] == models[1] and models[0] != models[2]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def read_lines(path: Path, n: int) -> list[str]:

@@ -28,7 +28,6 @@ LANGUAGES = ("en", "de", "fr", "cs")
 BASE_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/"
 # tfds split name -> file stem; a file is STEM.LANG.gz.
 SPLIT_FILES = {"train": "train", "validation": "val", "test_2016": "test_2016_flickr"}
-SPLIT_SIZES = {"train": 29000, "validation": 1014, "test_2016": 1000}
 
 _CITATION = """\
 @inproceedings{elliott-etal-2016-multi30k,

@@ -1,0 +1,379 @@
+"""Greedy and beam search against scripted step functions with known log-probabilities."""
+
+import ast
+import itertools
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from nmt import search
+from nmt.config import BOS_ID, EOS_ID, PAD_ID
+from nmt.search import beam_search, gnmt_length_penalty, greedy_search
+
+A, B, C, D = 4, 5, 6, 7
+VOCAB = 8
+FILL = -100.0  # score of every token a scripted row does not name
+
+
+def chain(spec: dict[int, dict[int, float]]) -> np.ndarray:
+    """A Markov chain as a (VOCAB, VOCAB) log-prob table indexed by the previous token.
+
+    Rows named in `spec` give the listed probabilities and FILL elsewhere; other rows
+    (tokens the script never expects to extend) put all their mass on EOS.
+    """
+    table = np.full((VOCAB, VOCAB), FILL, np.float32)
+    table[:, EOS_ID] = 0.0
+    for prev, probs in spec.items():
+        table[prev] = FILL
+        for token, p in probs.items():
+            table[prev, token] = np.log(p)
+    return table
+
+
+def markov_step(tables: np.ndarray, steps: int = 1):
+    """Step function over per-sentence, per-step Markov tables.
+
+    Args:
+        tables: (sentences, steps, VOCAB, VOCAB) log-probs, or (VOCAB, VOCAB) for one
+            chain shared by all sentences and steps.
+        steps: unused when `tables` is 4-D (taken from its shape).
+
+    The state is {"sent": (n,) sentence index, "t": (n,) step counter}; the counter makes
+    the state change every step, so gathering it by parent beam matters.
+    """
+    tables = np.asarray(tables, np.float32)
+    if tables.ndim == 2:
+        tables = tables[None, None]
+    sentences, steps, vocab, _ = tables.shape
+    flat = ops.convert_to_tensor(tables.reshape(-1, vocab))
+
+    def step_fn(token_ids, state):
+        t = ops.minimum(state["t"], steps - 1)
+        row = (state["sent"] * steps + t) * vocab + token_ids
+        return ops.take(flat, row, axis=0), {"sent": state["sent"], "t": state["t"] + 1}
+
+    return step_fn
+
+
+def markov_state(sentences):
+    sent = np.asarray(sentences, np.int32)
+    return {"sent": ops.convert_to_tensor(sent), "t": ops.zeros(sent.shape, "int32")}
+
+
+def np_(x) -> np.ndarray:
+    return ops.convert_to_numpy(x)
+
+
+def padded(rows: list[list[int]], width: int) -> np.ndarray:
+    return np.array([r + [PAD_ID] * (width - len(r)) for r in rows], np.int32)
+
+
+def lp(length: int, alpha: float) -> float:
+    return ((5 + length) / 6) ** alpha
+
+
+# Greedy takes A (0.5) then ends (0.3): 0.15. Beam finds B EOS: 0.4 * 0.9 = 0.36.
+GREEDY_TRAP = chain(
+    {
+        BOS_ID: {A: 0.5, B: 0.4, EOS_ID: 0.1},
+        A: {EOS_ID: 0.3, C: 0.26, D: 0.24},
+        B: {EOS_ID: 0.9, C: 0.1},
+    }
+)
+# After step 1 two hypotheses have finished (B: 0.28, A: 0.27), filling a finished set of
+# size 2, while the alive A C (0.33) still beats both and wins at step 2.
+LATE_WINNER = chain(
+    {
+        BOS_ID: {A: 0.6, B: 0.4},
+        A: {EOS_ID: 0.45, C: 0.55},
+        B: {EOS_ID: 0.7, D: 0.3},
+        C: {EOS_ID: 1.0},
+        D: {EOS_ID: 1.0},
+    }
+)
+# Short [A] has 0.4, long [B C D] has 0.35: the length penalty decides.
+SHORT_OR_LONG = chain(
+    {BOS_ID: {A: 0.4, B: 0.5}, A: {EOS_ID: 1.0}, B: {C: 1.0}, C: {D: 1.0}, D: {EOS_ID: 0.7}}
+)
+# Never emits EOS (only FILL): every hypothesis runs into max_len.
+NO_EOS = chain({BOS_ID: {A: 0.9, B: 0.1}, A: {B: 0.8, A: 0.2}, B: {A: 0.7, B: 0.3}})
+
+
+def test_greedy_exact_ids_and_score():
+    ids, scores = greedy_search(markov_step(GREEDY_TRAP), markov_state([0]), max_len=5)
+    np.testing.assert_array_equal(np_(ids), padded([[A]], 5))
+    np.testing.assert_allclose(np_(scores), [np.log(0.5 * 0.3)], rtol=1e-6)
+
+
+def test_beam_finds_higher_probability_sequence_than_greedy():
+    ids, scores = beam_search(
+        markov_step(GREEDY_TRAP), markov_state([0]), 5, beam_size=2, length_penalty=0.0
+    )
+    assert ids.shape == (1, 1, 5)
+    np.testing.assert_array_equal(np_(ids)[:, 0], padded([[B]], 5))
+    np.testing.assert_allclose(np_(scores), [[np.log(0.4 * 0.9)]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("n_best", [1, 2])
+def test_finished_hypotheses_do_not_end_search_while_alive_can_win(n_best):
+    ids, scores = beam_search(
+        markov_step(LATE_WINNER), markov_state([0]), 6, 2, length_penalty=0.0, n_best=n_best
+    )
+    expected_ids = padded([[A, C], [B]], 6)[:n_best]
+    expected_scores = np.log([0.6 * 0.55, 0.4 * 0.7])[:n_best]
+    np.testing.assert_array_equal(np_(ids)[0], expected_ids)
+    np.testing.assert_allclose(np_(scores)[0], expected_scores, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("alpha", "long_wins"), [(0.0, False), (1.0, True)])
+def test_length_penalty_changes_the_winner(alpha, long_wins):
+    ids, scores = beam_search(
+        markov_step(SHORT_OR_LONG), markov_state([0]), 6, 2, length_penalty=alpha, n_best=2
+    )
+    # Lengths count EOS: [A] EOS is 2 tokens, [B C D] EOS is 4.
+    short = ([A], np.log(0.4) / lp(2, alpha))
+    long = ([B, C, D], np.log(0.35) / lp(4, alpha))
+    ranked = [long, short] if long_wins else [short, long]
+    assert (ranked[0][1] > ranked[1][1]) and (long[1] < short[1] or long_wins)
+    np.testing.assert_array_equal(np_(ids)[0], padded([h for h, _ in ranked], 6))
+    np.testing.assert_allclose(np_(scores)[0], [s for _, s in ranked], rtol=1e-6)
+
+
+def test_n_best_sorted_best_first_with_scores():
+    ids, scores = beam_search(
+        markov_step(GREEDY_TRAP), markov_state([0]), 4, 4, length_penalty=0.6, n_best=4
+    )
+    hyps = {  # ids -> probability (length counts EOS)
+        (B,): 0.4 * 0.9,
+        (A,): 0.5 * 0.3,
+        (A, C): 0.5 * 0.26,
+        (A, D): 0.5 * 0.24,
+        (): 0.1,
+    }
+    ranked = sorted(hyps, key=lambda h: -np.log(hyps[h]) / lp(len(h) + 1, 0.6))[:4]
+    np.testing.assert_array_equal(np_(ids)[0], padded([list(h) for h in ranked], 4))
+    expected = [np.log(hyps[h]) / lp(len(h) + 1, 0.6) for h in ranked]
+    np.testing.assert_allclose(np_(scores)[0], expected, rtol=1e-6)
+    assert np.all(np.diff(np_(scores)[0]) < 0)
+
+
+def test_per_sentence_max_len_truncates_without_eos():
+    step, state = markov_step(NO_EOS), markov_state([0, 0, 0])
+    max_len = ops.convert_to_tensor([2, 4, 0], "int32")
+    expected = padded([[A, B], [A, B, A, B], []], 5)
+    logp = np.log([0.9 * 0.8, 0.9 * 0.8 * 0.7 * 0.8, 1.0])
+
+    ids, scores = greedy_search(step, state, max_len, max_steps=5)
+    np.testing.assert_array_equal(np_(ids), expected)
+    np.testing.assert_allclose(np_(scores), logp, rtol=1e-6)
+
+    ids, scores = beam_search(step, state, max_len, 3, length_penalty=0.6, max_steps=5)
+    np.testing.assert_array_equal(np_(ids)[:, 0], expected)
+    normalized = logp / np.array([lp(2, 0.6), lp(4, 0.6), 1.0])
+    np.testing.assert_allclose(np_(scores)[:, 0], normalized, rtol=1e-6)
+
+
+def test_max_len_tensor_defaults_width_to_its_maximum():
+    ids, _ = greedy_search(
+        markov_step(NO_EOS), markov_state([0, 0]), ops.convert_to_tensor([1, 3], "int32")
+    )
+    np.testing.assert_array_equal(np_(ids), padded([[A], [A, B, A]], 3))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="counts eager loop steps")
+def test_search_stops_early_when_all_finished():
+    calls = []
+
+    def step_fn(token_ids, state):
+        calls.append(1)  # runs eagerly here: counts loop iterations
+        return markov_step(GREEDY_TRAP)(token_ids, state)
+
+    greedy_search(step_fn, markov_state([0]), max_len=50)
+    assert len(calls) == 2
+    calls.clear()
+    beam_search(step_fn, markov_state([0]), 50, 2, length_penalty=0.0)
+    assert len(calls) == 2
+
+
+def random_tables(seed: int, sentences: int, steps: int) -> np.ndarray:
+    """Random per-sentence, per-step Markov chains; PAD/UNK/BOS are never likely."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=2.0, size=(sentences, steps, VOCAB, VOCAB))
+    logits[..., [PAD_ID, 1, BOS_ID]] = -30.0
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_size_one_equals_greedy_on_random_chains(seed):
+    tables = random_tables(seed, sentences=4, steps=7)
+    step, state = markov_step(tables), markov_state(range(4))
+    max_len = ops.convert_to_tensor([3, 7, 5, 1], "int32")
+    g_ids, g_scores, g_len = search._greedy(step, state, max_len, BOS_ID, EOS_ID, 7)
+    b_ids, b_scores = beam_search(step, state, max_len, 1, length_penalty=0.6, max_steps=7)
+    np.testing.assert_array_equal(np_(b_ids)[:, 0], np_(g_ids))
+    np.testing.assert_allclose(np_(b_scores)[:, 0], np_(g_scores) / lp(np_(g_len), 0.6))
+    # The beam loop itself with one beam also keeps EOS hypotheses that were not the top
+    # token, so it is not greedy, but it can never end up worse than greedy.
+    _, m_scores = search._beam_search(step, state, max_len, 1, 0.6, 1, BOS_ID, EOS_ID, 7)
+    assert np.all(np_(m_scores)[:, 0] >= np_(b_scores)[:, 0] - 1e-6)
+
+
+def test_batch_gives_the_same_results_as_one_sentence_at_a_time():
+    tables = random_tables(7, sentences=3, steps=6)
+    step, limits = markov_step(tables), [6, 4, 5]
+    ids, scores = beam_search(
+        step, markov_state(range(3)), ops.convert_to_tensor(limits), 3, n_best=3, max_steps=6
+    )
+    for i, limit in enumerate(limits):
+        one_ids, one_scores = beam_search(step, markov_state([i]), limit, 3, n_best=3, max_steps=6)
+        np.testing.assert_array_equal(np_(ids)[i], np_(one_ids)[0])
+        np.testing.assert_allclose(np_(scores)[i], np_(one_scores)[0], rtol=1e-6)
+
+
+# Exhaustive check with scores that depend on the whole prefix, which the step function
+# reads from its state: if state rows were not gathered by parent beam, the prefix codes
+# would be wrong and so would the results.
+REAL = (A, B, C)
+SMALL_VOCAB = 7  # PAD UNK BOS EOS A B C
+MAX_LEN = 3
+
+
+def prefix_tables(seed: int, sentences: int) -> np.ndarray:
+    """(sentences, SMALL_VOCAB ** (MAX_LEN + 1), SMALL_VOCAB) log-probs per prefix code."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=1.5, size=(sentences, SMALL_VOCAB ** (MAX_LEN + 1), SMALL_VOCAB))
+    logits[..., [PAD_ID, 1, BOS_ID]] = -np.inf
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def prefix_step(tables: np.ndarray):
+    """State: {"code": (n,) int32 base-V code of BOS + prefix, "aux": ((n, 2) float,)}."""
+    sentences, codes, vocab = tables.shape
+    flat = ops.convert_to_tensor(tables.reshape(-1, vocab).astype(np.float32))
+
+    def step_fn(token_ids, state):
+        code = ops.minimum(state["code"] * vocab + token_ids, codes - 1)
+        sent = ops.cast(state["aux"][0][:, 0], "int32")
+        return ops.take(flat, sent * codes + code, axis=0), {"code": code, "aux": state["aux"]}
+
+    return step_fn
+
+
+def prefix_state(sentences: int):
+    aux = np.stack([np.arange(sentences), np.ones(sentences)], axis=1).astype(np.float32)
+    return {"code": ops.zeros((sentences,), "int32"), "aux": (ops.convert_to_tensor(aux),)}
+
+
+def brute_force(table: np.ndarray, alpha: float, n_best: int) -> list[tuple[tuple, float]]:
+    """The n_best of all hypotheses up to MAX_LEN tokens: (ids, normalized score), best first."""
+    ranked = []
+    for length in range(MAX_LEN + 1):
+        for prefix in itertools.product(REAL, repeat=length):
+            code, logp = BOS_ID, 0.0
+            for token in prefix:
+                logp += table[code, token]
+                code = code * SMALL_VOCAB + token
+            if length < MAX_LEN:  # ends with EOS, which counts in the length
+                ranked.append((prefix, (logp + table[code, EOS_ID]) / lp(length + 1, alpha)))
+            else:  # truncated at max_len, no EOS
+                ranked.append((prefix, logp / lp(MAX_LEN, alpha)))
+    return sorted(ranked, key=lambda h: -h[1])[:n_best]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_wide_beam_equals_exhaustive_search(alpha):
+    tables = prefix_tables(seed=3, sentences=2)
+    # 9 beams hold every prefix of length <= 2, so the search is exact.
+    ids, scores = beam_search(
+        prefix_step(tables), prefix_state(2), MAX_LEN, 9, length_penalty=alpha, n_best=5
+    )
+    for i in range(2):
+        expected = brute_force(tables[i], alpha, n_best=5)
+        np.testing.assert_array_equal(np_(ids)[i], padded([list(h) for h, _ in expected], MAX_LEN))
+        np.testing.assert_allclose(np_(scores)[i], [s for _, s in expected], rtol=1e-5)
+
+
+def test_missing_n_best_entries_have_minus_inf_scores():
+    # One possible token: only [] EOS, [A] EOS and [A A] (truncated) exist, 3 of 6.
+    table = chain({BOS_ID: {A: 0.5, EOS_ID: 0.5}, A: {A: 0.5, EOS_ID: 0.5}})
+    table[table == FILL] = -np.inf
+    ids, scores = beam_search(markov_step(table), markov_state([0]), 2, 6, n_best=6)
+    np.testing.assert_array_equal(np_(ids)[0, :3], padded([[], [A], [A, A]], 2))
+    assert np.isfinite(np_(scores)[0, :3]).all()
+    assert np.isneginf(np_(scores)[0, 3:]).all()
+    assert (np_(ids)[0, 3:] == PAD_ID).all()
+
+
+def test_argument_errors():
+    step, state = markov_step(GREEDY_TRAP), markov_state([0])
+    with pytest.raises(ValueError, match="n_best"):
+        beam_search(step, state, 5, beam_size=2, n_best=3)
+    with pytest.raises(ValueError, match="beam_size"):
+        beam_search(step, state, 5, beam_size=0)
+
+
+def test_length_penalty_formula():
+    np.testing.assert_allclose(
+        np_(gnmt_length_penalty(ops.convert_to_tensor([1, 7]), 0.6)), [1.0, 2.0**0.6], rtol=1e-6
+    )
+
+
+def test_search_module_uses_keras_only():
+    tree = ast.parse(Path(search.__file__).read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"tensorflow", "jax", "torch", "numpy"}
+
+
+def compiled_cases():
+    tables = random_tables(11, sentences=3, steps=6)
+    step = markov_step(tables)
+
+    def run(state, max_len):
+        g = greedy_search(step, state, max_len, max_steps=6)
+        b = beam_search(step, state, max_len, 3, n_best=2, max_steps=6)
+        return (*g, *b)
+
+    return run, markov_state(range(3)), ops.convert_to_tensor([6, 2, 4], "int32")
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function test")
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_same_results_inside_tf_function(jit_compile):
+    import tensorflow as tf
+
+    run, state, max_len = compiled_cases()
+    eager = run(state, max_len)
+    spec = {"sent": tf.TensorSpec([None], tf.int32), "t": tf.TensorSpec([None], tf.int32)}
+    compiled = tf.function(
+        run, jit_compile=jit_compile, input_signature=[spec, tf.TensorSpec([None], tf.int32)]
+    )
+    for got, want in zip(compiled(state, max_len), eager, strict=True):
+        np.testing.assert_allclose(np_(got), np_(want), rtol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function test")
+def test_traced_max_len_needs_max_steps():
+    import tensorflow as tf
+
+    step = markov_step(GREEDY_TRAP)
+    fn = tf.function(lambda state, max_len: greedy_search(step, state, max_len))
+    with pytest.raises(ValueError, match="max_steps"):
+        fn(markov_state([0]), ops.convert_to_tensor([5], "int32"))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="jax.jit test")
+def test_same_results_inside_jax_jit():
+    import jax
+
+    run, state, max_len = compiled_cases()
+    eager = run(state, max_len)
+    for got, want in zip(jax.jit(run)(state, max_len), eager, strict=True):
+        np.testing.assert_allclose(np_(got), np_(want), rtol=1e-6)
