@@ -93,7 +93,7 @@ def prepare(cfg: Config, run_dir: str | Path) -> dict[str, dict[str, int]]:
         start = time.perf_counter()
         src = (s for s, _ in corpus.iter_pairs(cfg.data, "train"))
         tgt = (t for _, t in corpus.iter_pairs(cfg.data, "train"))
-        tokenizer.train_tokenizers(src, tgt, cfg.tokenizer, tok_dir)
+        tokenizer.train_tokenizers(src, tgt, cfg.tokenizer, tok_dir, seed=cfg.training.seed)
         log.info("SentencePiece trained in %.1f s -> %s", time.perf_counter() - start, tok_dir)
     src_tok, tgt_tok = tokenizer.load_tokenizers(tok_dir)
     stats_path = run_dir / STATS_FILE

@@ -1,0 +1,313 @@
+"""Tests for nmt.model: shapes, masks, step/teacher-forcing equality, saving, overfitting."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
+from nmt.model import Seq2Seq, build_model
+
+ATTENTIONS = ["none", "additive", "dot", "general"]
+SRC_VOCAB, TGT_VOCAB = 13, 11
+
+# Tiny sizes keep the suite fast; encoder 8 (x2 directions) != decoder 24 exercises the
+# projections in dot attention and the tie projection (maxout 8 != embedding 16).
+TINY = ModelConfig(
+    embedding_dim=16,
+    encoder_units=8,
+    encoder_layers=1,
+    bidirectional=True,
+    decoder_units=24,
+    maxout_units=8,
+    dropout=0.1,
+    attention_units=8,
+)
+
+
+def tiny(**overrides) -> ModelConfig:
+    return dataclasses.replace(TINY, **overrides)
+
+
+def make(cfg: ModelConfig, seed: int = 0) -> Seq2Seq:
+    keras.utils.set_random_seed(seed)
+    return build_model(cfg, SRC_VOCAB, TGT_VOCAB)
+
+
+# Right-padded batch: lengths 5, 2, 1 (source) and 4, 3, 2 (target inputs).
+SRC = np.array([[5, 6, 7, 8, 9], [4, 10, 0, 0, 0], [12, 0, 0, 0, 0]], dtype="int32")
+TGT_IN = np.array([[BOS_ID, 4, 5, 6], [BOS_ID, 7, 8, 0], [BOS_ID, 9, 0, 0]], dtype="int32")
+SRC_LEN = (SRC != PAD_ID).sum(axis=1)
+
+
+def pad(ids: np.ndarray, extra: int) -> np.ndarray:
+    return np.pad(ids, ((0, 0), (0, extra)), constant_values=PAD_ID)
+
+
+def np_(x) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def step_logits(model: Seq2Seq, src: np.ndarray, tgt_in: np.ndarray) -> np.ndarray:
+    """Feeds the gold target inputs one step at a time: (batch, tgt_len, vocab)."""
+    state = model.initial_state(model.encode(src))
+    logits = []
+    for t in range(tgt_in.shape[1]):
+        step, state = model.decode_step(tgt_in[:, t], state)
+        logits.append(np_(step))
+    return np.stack(logits, axis=1)
+
+
+def greedy(model: Seq2Seq, src: np.ndarray, max_len: int) -> np.ndarray:
+    """Greedy decoding with decode_step: (batch, max_len) ids, no early stop."""
+    state = model.initial_state(model.encode(src))
+    token = np.full((src.shape[0],), BOS_ID, dtype="int32")
+    out = []
+    for _ in range(max_len):
+        logits, state = model.decode_step(token, state)
+        token = np_(logits).argmax(axis=-1).astype("int32")
+        out.append(token)
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize(
+    "attention,bidirectional,layers,tie",
+    [
+        ("none", True, 1, False),
+        ("none", False, 2, True),
+        ("additive", True, 2, False),
+        ("additive", False, 1, True),
+        ("dot", True, 1, True),
+        ("dot", False, 2, False),
+        ("general", True, 2, True),
+        ("general", False, 1, False),
+    ],
+)
+def test_shapes_and_dtypes(attention, bidirectional, layers, tie):
+    cfg = tiny(attention=attention, bidirectional=bidirectional, encoder_layers=layers)
+    cfg.tie_embeddings = tie
+    model = make(cfg)
+    logits = model((SRC, TGT_IN))
+    assert tuple(logits.shape) == (3, 4, TGT_VOCAB)
+    assert logits.dtype == "float32"
+    enc_dim = 8 * (2 if bidirectional else 1)
+    encoded = model.encode(SRC)
+    assert tuple(encoded["enc_states"].shape) == (3, 5, enc_dim)
+    assert tuple(encoded["context"].shape) == (3, enc_dim)
+    assert tuple(encoded["src_mask"].shape) == (3, 5)
+    state = model.initial_state(encoded)
+    expected = {"dec_h", "context", "readout_ctx"}
+    if attention != "none":
+        expected |= {"enc_states", "attn_keys", "src_mask", "attn_weights"}
+    assert set(state) == expected
+    assert all(v.shape[0] == 3 for v in state.values())
+    assert tuple(state["dec_h"].shape) == (3, 24)
+    step, new_state = model.decode_step(TGT_IN[:, 0], state)
+    assert tuple(step.shape) == (3, TGT_VOCAB) and step.dtype == "float32"
+    for key, value in state.items():
+        assert tuple(new_state[key].shape) == tuple(value.shape), key
+        assert new_state[key].dtype == value.dtype, key
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_extra_padding_changes_nothing(attention):
+    model = make(tiny(attention=attention, encoder_layers=2))
+    logits = np_(model((SRC, TGT_IN)))
+    assert np.isfinite(logits).all()
+    more_src = np_(model((pad(SRC, 3), TGT_IN)))
+    np.testing.assert_allclose(more_src, logits, atol=1e-5)
+    more_tgt = np_(model((SRC, pad(TGT_IN, 2))))
+    assert np.isfinite(more_tgt).all()
+    np.testing.assert_allclose(more_tgt[:, :4], logits, atol=1e-5)
+    encoded = model.encode(pad(SRC, 3))
+    np.testing.assert_allclose(np_(encoded["context"]), np_(model.encode(SRC)["context"]), atol=1e-5)
+
+
+def test_all_padding_source_gives_finite_logits():
+    model = make(tiny(attention="additive"))
+    logits = np_(model((np.zeros((2, 4), "int32"), TGT_IN[:2])))
+    assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("bidirectional,tie", [(True, False), (False, True)])
+def test_decode_step_matches_teacher_forcing(attention, bidirectional, tie):
+    cfg = tiny(attention=attention, bidirectional=bidirectional, encoder_layers=2)
+    cfg.tie_embeddings = tie
+    model = make(cfg)
+    teacher = np_(model((SRC, TGT_IN)))
+    np.testing.assert_allclose(step_logits(model, SRC, TGT_IN), teacher, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["additive", "dot", "general"])
+def test_attention_weights_are_a_distribution_over_real_source(attention):
+    model = make(tiny(attention=attention))
+    weights = np_(model.attention_weights(SRC, TGT_IN))
+    assert weights.shape == (3, 4, 5) and weights.dtype == np.float32
+    np.testing.assert_allclose(weights.sum(axis=-1), 1.0, atol=1e-5)
+    for row, length in enumerate(SRC_LEN):
+        assert (weights[row, :, length:] == 0).all()
+    # The step path exposes the same alignments for search.
+    state = model.initial_state(model.encode(SRC))
+    _, state = model.decode_step(TGT_IN[:, 0], state)
+    np.testing.assert_allclose(np_(state["attn_weights"]), weights[:, 0], atol=1e-5)
+
+
+def test_attention_weights_without_attention_is_a_clear_error():
+    with pytest.raises(ValueError, match="attention='none'"):
+        make(tiny(attention="none")).attention_weights(SRC, TGT_IN)
+
+
+def test_unknown_attention_is_rejected():
+    with pytest.raises(ValueError, match="unknown attention"):
+        build_model(tiny(attention="bogus"), SRC_VOCAB, TGT_VOCAB)
+
+
+@pytest.mark.parametrize(
+    "attention,tie", [("none", False), ("general", True), ("additive", False)]
+)
+def test_save_and_reload_gives_identical_outputs(tmp_path, attention, tie):
+    cfg = tiny(attention=attention, encoder_layers=2)
+    cfg.tie_embeddings = tie
+    model = make(cfg)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, Seq2Seq)
+    assert loaded.model_config == cfg
+    np.testing.assert_array_equal(np_(loaded((SRC, TGT_IN))), np_(model((SRC, TGT_IN))))
+    np.testing.assert_array_equal(
+        step_logits(loaded, SRC, TGT_IN[:, :2]), step_logits(model, SRC, TGT_IN[:, :2])
+    )
+
+
+def test_every_gru_is_cudnn_eligible():
+    model = make(tiny(attention="dot", encoder_layers=2))
+    grus = [g for rnn in model.encoder.rnns for g in (rnn.forward_layer, rnn.backward_layer)]
+    grus.append(model.decoder.gru)
+    for gru in grus:
+        cell = gru.cell
+        assert cell.activation is keras.activations.tanh
+        assert cell.recurrent_activation is keras.activations.sigmoid
+        assert cell.reset_after and cell.use_bias and not gru.unroll
+        assert cell.recurrent_dropout == 0 and gru.use_cudnn == "auto"
+
+
+def test_recurrent_dropout_warns_about_the_fused_kernel():
+    with pytest.warns(UserWarning, match="disables the fused"):
+        model = make(tiny(recurrent_dropout=0.2))
+    assert model.decoder.gru.cell.recurrent_dropout == 0.2
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_encoder_gates_reproduce_gru_states(bidirectional):
+    model = make(tiny(bidirectional=bidirectional))
+    gates = model.encoder_gate_activations(SRC)
+    z, r = np_(gates["z"]), np_(gates["r"])
+    assert z.shape == r.shape == (3, 5, 8)
+    rnn = model.encoder.rnns[0]
+    cell = (rnn.forward_layer if bidirectional else rnn).cell
+    kernel, recurrent, bias = (np_(w) for w in (cell.kernel, cell.recurrent_kernel, cell.bias))
+    x = np_(model.encoder.embedding(SRC)) @ kernel[:, 16:] + bias[0, 16:]
+    expected = np_(model.encode(SRC)["enc_states"])[..., :8]
+    h = np.zeros((3, 8), "float32")
+    for t in range(5):
+        candidate = np.tanh(x[:, t] + r[:, t] * (h @ recurrent[:, 16:] + bias[1, 16:]))
+        h_new = z[:, t] * h + (1 - z[:, t]) * candidate
+        h = np.where((t < SRC_LEN)[:, None], h_new, h)
+        valid = t < SRC_LEN
+        np.testing.assert_allclose(h[valid], expected[valid, t], atol=1e-5)
+    np.testing.assert_allclose(np_(gates["states"])[:, -1], h, atol=1e-6)
+
+
+@pytest.fixture
+def bfloat16_policy():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_mixed_bfloat16_keeps_logits_float32(bfloat16_policy, tie):
+    cfg = tiny(attention="additive")
+    cfg.tie_embeddings = tie
+    model = make(cfg)
+    assert model.decoder.gru.compute_dtype == "bfloat16"
+    logits = model((SRC, TGT_IN))
+    assert logits.dtype == "float32" and np.isfinite(np_(logits)).all()
+    state = model.initial_state(model.encode(SRC))
+    step, new_state = model.decode_step(TGT_IN[:, 0], state)
+    assert step.dtype == "float32"
+    assert all(new_state[k].dtype == v.dtype for k, v in state.items())
+    assert model.attention_weights(SRC, TGT_IN).dtype == "float32"
+
+
+def reversal_data(n: int, seed: int = 0, max_len: int = 6):
+    """Random sequences over ids 4..11 (length 3..max_len) and their reversals + EOS."""
+    rng = np.random.default_rng(seed)
+    src = np.zeros((n, max_len), "int32")
+    tgt_in = np.zeros((n, max_len + 1), "int32")
+    tgt_out = np.zeros((n, max_len + 1), "int32")
+    for i in range(n):
+        length = rng.integers(3, max_len + 1)
+        seq = rng.integers(4, 12, length)
+        src[i, :length] = seq
+        tgt_in[i, 0], tgt_in[i, 1 : length + 1] = BOS_ID, seq[::-1]
+        tgt_out[i, :length], tgt_out[i, length] = seq[::-1], EOS_ID
+    return src, tgt_in, tgt_out
+
+
+def compiled(attention: str, lr: float) -> Seq2Seq:
+    cfg = ModelConfig(
+        embedding_dim=16,
+        encoder_units=32,
+        decoder_units=64,
+        maxout_units=32,
+        attention=attention,
+        attention_units=32,
+        dropout=0.0,
+    )
+    model = make(cfg)
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID),
+        jit_compile=False,
+    )
+    return model
+
+
+def test_attention_model_learns_to_reverse_exactly():
+    src, tgt_in, tgt_out = reversal_data(2000)
+    model = compiled("dot", 1e-2)
+    for _ in range(12):
+        model.fit((src, tgt_in), tgt_out, batch_size=64, epochs=1, verbose=0)
+        pred = greedy(model, src, tgt_out.shape[1])
+        exact = ((pred == tgt_out) | (tgt_out == PAD_ID)).all(axis=1)
+        if exact.all():
+            break
+    assert exact.all(), f"greedy exact on {exact.mean():.1%} of training examples"
+
+
+def test_cho_model_without_attention_reduces_loss():
+    src, tgt_in, tgt_out = reversal_data(1000)
+    model = compiled("none", 1e-2)
+    history = model.fit((src, tgt_in), tgt_out, batch_size=64, epochs=6, verbose=0)
+    losses = history.history["loss"]
+    # Uniform guessing costs ln(12) ~ 2.5 nats per token.
+    assert losses[-1] < 0.6 and losses[-1] < 0.5 * losses[0], losses
+
+
+def test_fit_on_tf_data_dataset():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.data input needs the TensorFlow backend")
+    tf = pytest.importorskip("tensorflow")
+    src, tgt_in, tgt_out = reversal_data(64)
+    dataset = tf.data.Dataset.from_tensor_slices(((src, tgt_in), tgt_out)).batch(16)
+    model = compiled("general", 1e-3)
+    history = model.fit(dataset, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
