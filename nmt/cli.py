@@ -2,7 +2,8 @@
 
     nmt prepare CONFIG --run-dir DIR [--set section.key=value ...]
     nmt train   CONFIG --run-dir DIR [--set section.key=value ...]
-    nmt translate | evaluate | export ...
+    nmt translate | evaluate ...
+    nmt export RUN_DIR [OUT_DIR] [--beam-size K] [--length-penalty A] [--force]
 
 User mistakes (`NmtError`) print one line on stderr and exit with status 2.
 """
@@ -13,7 +14,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 # TensorFlow's C++ start-up chatter hides our messages; users can lower it again.
@@ -126,11 +127,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise NmtError(f"'nmt {name}' is not built yet")
+def cmd_export(args: argparse.Namespace) -> int:
+    from nmt import export
 
-    return run
+    out_dir = args.out_dir or str(Path(args.run_dir) / "export")
+    settings = export.export(
+        args.run_dir, out_dir, args.beam_size, args.length_penalty, force=args.force
+    )
+    dec = settings["decoding"]
+    print(
+        f"exported {args.run_dir} -> {out_dir} (beam {dec['beam_size']}, length penalty "
+        f"{dec['length_penalty']}); load with 'import tensorflow_text' + tf.saved_model.load"
+    )
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,8 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_args(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("export", help="export a string-to-string SavedModel")
-    p.add_argument("args", nargs="*")
-    p.set_defaults(func=_not_built("export"))
+    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("out_dir", nargs="?", help="SavedModel folder (default: RUN_DIR/export)")
+    p.add_argument("--beam-size", type=int, help="beams baked into the graph; default: config")
+    p.add_argument("--length-penalty", type=float, help="GNMT alpha; default: config")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -415,9 +415,7 @@ class Decoder(keras.layers.Layer):
         outputs["logits"] = self._logits(hidden, emb, readout_ctx, attn_context, training)
         return outputs
 
-    def step(
-        self, token_ids: Tensor, state: dict[str, Tensor]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(self, token_ids: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """One decoding step; see `Seq2Seq.decode_step`."""
         emb = self.embedding(token_ids)
         gru_input = ops.concatenate([emb, state["context"]], axis=-1)
@@ -494,7 +492,9 @@ class Seq2Seq(keras.Model):
         super().__init__(**kwargs)
         cfg = model_config if isinstance(model_config, ModelConfig) else ModelConfig(**model_config)
         if cfg.attention not in ATTENTION_TYPES:
-            raise ValueError(f"unknown attention {cfg.attention!r}; choose one of {ATTENTION_TYPES}")
+            raise ValueError(
+                f"unknown attention {cfg.attention!r}; choose one of {ATTENTION_TYPES}"
+            )
         _warn_recurrent_dropout(cfg.recurrent_dropout)
         self.model_config = cfg
         self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size

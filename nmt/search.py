@@ -11,6 +11,9 @@ Search knows nothing of the model. It drives a *step function*
   beam search's early stop relies on (see `beam_search`).
 - `new_state`: the same structure and shapes as `state`.
 
+Shapes are static, so `step_fn` runs on every row at every step, also for sentences
+that have finished (they are fed PAD or a dead beam's token); those outputs are ignored.
+
 Design, shared by both searches:
 
 - The whole search is ONE `keras.ops.while_loop` with static shapes, so callers can wrap

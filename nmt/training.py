@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ from nmt.config import PAD_ID, Config, TrainingConfig
 from nmt.errors import ConfigError, NmtError
 
 log = logging.getLogger("nmt")
+
+# Bucketed tf.data pipelines have unknown cardinality, so Keras warns at the end of every first
+# epoch that the input "ran out of data"; that is the expected end of an epoch here.
+warnings.filterwarnings("ignore", message="Your input ran out of data")
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
@@ -334,6 +339,10 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
     compile_model(model, cfg.training)
     state = load_checkpoint(model, run_dir)
+    lr = learning_rate(cfg.training)
+    if not isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        # The checkpoint restores the optimizer's learning-rate variable; the config wins.
+        model.optimizer.learning_rate = lr
     if state:
         log.info(
             "resuming from %s: epoch %d, step %d",
@@ -353,6 +362,7 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
         initial_epoch=state.get("epoch", 0),
         callbacks=[keeper, keras.callbacks.TensorBoard(str(run_dir / "logs"))],
         verbose=1 if sys.stdout.isatty() else 2,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
     )
     if keeper.diverged_at is not None:
         raise TrainingDiverged(

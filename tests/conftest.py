@@ -19,3 +19,67 @@ def multi30k_dir() -> Path:
     if path is None:
         pytest.skip("Multi30k not found (set NMT_MULTI30K_DIR or place ../shared/data/multi30k)")
     return path
+
+
+SRC_WORDS = "a man woman dog cat runs sits on the red blue green big small house street".split()
+# A deterministic "translation": each word maps to one target word and the order is reversed,
+# so a model has something learnable and attention has something to align.
+TGT_WORDS = "ein mann frau hund katze rennt sitzt auf das rot blau grün groß klein haus straße"
+WORD_MAP = dict(zip(SRC_WORDS, TGT_WORDS.split(), strict=True))
+
+
+def write_tiny_corpus(folder: Path, n_train: int = 400, n_val: int = 40, seed: int = 0) -> Path:
+    """Writes train/val text-file pairs (PREFIX.en / PREFIX.de) of a synthetic language pair."""
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in [("train", n_train), ("val", n_val)]:
+        src = [" ".join(rng.choice(SRC_WORDS) for _ in range(rng.randint(2, 7))) for _ in range(n)]
+        tgt = [" ".join(WORD_MAP[w] for w in reversed(s.split())) for s in src]
+        (folder / f"{split}.en").write_text("\n".join(src) + "\n")
+        (folder / f"{split}.de").write_text("\n".join(tgt) + "\n")
+    return folder
+
+
+def tiny_config(corpus: Path, *overrides: str):
+    """A config that trains in seconds on the tiny corpus (CPU, float32)."""
+    from nmt import config
+
+    return config.load(
+        None,
+        [
+            "data.format=files",
+            f"data.train={corpus / 'train'}",
+            f"data.validation={corpus / 'val'}",
+            f"data.test={corpus / 'val'}",
+            "tokenizer.vocab_size=48",
+            "model.embedding_dim=16",
+            "model.encoder_units=16",
+            "model.decoder_units=32",
+            "model.maxout_units=16",
+            "model.attention_units=16",
+            "model.dropout=0.0",
+            "training.batch_size=16",
+            "training.epochs=2",
+            "training.precision=float32",
+            "training.patience=0",
+            "decoding.beam_size=3",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    return write_tiny_corpus(tmp_path_factory.mktemp("tiny_corpus"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_corpus) -> Path:
+    """A trained run directory (tiny attention model), shared by the tests that only read it."""
+    from nmt import training
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    training.train(tiny_config(tiny_corpus, "model.attention=additive"), run_dir)
+    return run_dir

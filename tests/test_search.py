@@ -144,6 +144,16 @@ def test_length_penalty_changes_the_winner(alpha, long_wins):
     np.testing.assert_allclose(np_(scores)[0], [s for _, s in ranked], rtol=1e-6)
 
 
+def test_alive_beam_that_wins_only_through_the_length_penalty_is_kept():
+    # alpha=1: [A] EOS scores log(0.37) / (7/6) = -0.852. After step 1 the alive [B C]
+    # (log 0.3) divided by its current penalty 8/6 gives -0.903, worse, yet it ends as
+    # [B C D] EOS with log(0.3) / (9/6) = -0.803: the bound must use the longest length.
+    table = chain({BOS_ID: {A: 0.37, B: 0.3}, A: {EOS_ID: 1.0}, B: {C: 1.0}, C: {D: 1.0}})
+    ids, scores = beam_search(markov_step(table), markov_state([0]), 6, 2, length_penalty=1.0)
+    np.testing.assert_array_equal(np_(ids)[0], padded([[B, C, D]], 6))
+    np.testing.assert_allclose(np_(scores)[0], [np.log(0.3) / lp(4, 1.0)], rtol=1e-6)
+
+
 def test_n_best_sorted_best_first_with_scores():
     ids, scores = beam_search(
         markov_step(GREEDY_TRAP), markov_state([0]), 4, 4, length_penalty=0.6, n_best=4
@@ -240,7 +250,8 @@ def test_batch_gives_the_same_results_as_one_sentence_at_a_time():
 # would be wrong and so would the results.
 REAL = (A, B, C)
 SMALL_VOCAB = 7  # PAD UNK BOS EOS A B C
-MAX_LEN = 3
+MAX_LEN = 4
+WIDE = 3 ** (MAX_LEN - 1)  # beams that hold every prefix the last step extends
 
 
 def prefix_tables(seed: int, sentences: int) -> np.ndarray:
@@ -248,6 +259,7 @@ def prefix_tables(seed: int, sentences: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     logits = rng.normal(scale=1.5, size=(sentences, SMALL_VOCAB ** (MAX_LEN + 1), SMALL_VOCAB))
     logits[..., [PAD_ID, 1, BOS_ID]] = -np.inf
+    logits[..., EOS_ID] -= 1.0  # so that long hypotheses make the n-best lists too
     return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
 
 
@@ -288,12 +300,12 @@ def brute_force(table: np.ndarray, alpha: float, n_best: int) -> list[tuple[tupl
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
 def test_wide_beam_equals_exhaustive_search(alpha):
     tables = prefix_tables(seed=3, sentences=2)
-    # 9 beams hold every prefix of length <= 2, so the search is exact.
+    # WIDE beams hold every prefix of up to MAX_LEN - 1 tokens, so the search is exact.
     ids, scores = beam_search(
-        prefix_step(tables), prefix_state(2), MAX_LEN, 9, length_penalty=alpha, n_best=5
+        prefix_step(tables), prefix_state(2), MAX_LEN, WIDE, length_penalty=alpha, n_best=10
     )
     for i in range(2):
-        expected = brute_force(tables[i], alpha, n_best=5)
+        expected = brute_force(tables[i], alpha, n_best=10)
         np.testing.assert_array_equal(np_(ids)[i], padded([list(h) for h, _ in expected], MAX_LEN))
         np.testing.assert_allclose(np_(scores)[i], [s for _, s in expected], rtol=1e-5)
 

@@ -1,0 +1,236 @@
+"""Export a trained run as a TensorFlow SavedModel that translates strings to strings.
+
+The SavedModel's `serving_default` signature (also the `translate` function) takes a 1-D
+batch of UTF-8 sentences, `sentences: tf.string (batch,)`, and returns
+
+- `translations`: tf.string `(batch,)`, the best translation of each sentence;
+- `scores`: tf.float32 `(batch,)`, its length-normalized log-probability (0 for empty input).
+
+Everything runs inside the graph: SentencePiece (`tensorflow_text`), the encoder, beam search
+(`Translator.search`, the same function `nmt translate` runs) and detokenization. Loading
+needs only TensorFlow and `import tensorflow_text` (which registers the SentencePiece ops):
+
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+    model = tf.saved_model.load("OUT_DIR")
+    model.signatures["serving_default"](sentences=tf.constant(["A man is running."]))
+
+A batch is decoded the way the `Translator` decodes one of its batches: sources are
+SentencePiece ids truncated to `decoding.max_input_len` plus EOS, sorted by length, padded
+to a multiple of 8; each sentence may produce `max_len_a * src_len + max_len_b` tokens;
+empty or whitespace-only sentences give empty strings without reaching the model. The graph
+does not split a request into `decoding.batch_size` chunks: callers choose their batch size.
+
+The decoding settings baked into the graph are written to `OUT_DIR/nmt_export.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from nmt.config import EOS_ID, PAD_ID, DecodingConfig
+from nmt.errors import NmtError
+from nmt.translator import SRC_PAD_MULTIPLE, Translator
+
+log = logging.getLogger("nmt")
+
+ENDPOINT = "translate"
+SETTINGS_FILE = "nmt_export.json"
+
+# Exactly the characters Python's str.isspace() accepts, as an RE2 class: the Translator
+# skips a sentence when `not sentence.strip()`, and RE2's \s knows ASCII whitespace only.
+_BLANK_PATTERN = (
+    "[" + "".join(f"\\x{{{c:x}}}" for c in range(sys.maxunicode + 1) if chr(c).isspace()) + "]*"
+)
+
+
+def static_max_steps(opts: DecodingConfig) -> int:
+    """The output width of the exported search: the Translator's `max_steps` for the longest
+    source it can see (`max_input_len` tokens + EOS, padded to a multiple of 8).
+
+    Search needs a static width; it bounds every per-sentence `max_len`, so the loop still
+    stops as soon as every sentence is finished and outputs do not depend on it.
+    """
+    longest = -(-(opts.max_input_len + 1) // SRC_PAD_MULTIPLE) * SRC_PAD_MULTIPLE
+    return int(opts.max_len_a * longest + opts.max_len_b)
+
+
+def _source_ids(translator: Translator, sentences: tf.Tensor, limit: int) -> tf.RaggedTensor:
+    """SentencePiece ids `(n, (len))` int32, truncated to `limit`, with EOS appended."""
+    ids = translator.src_tok.tokenize(sentences)[:, :limit]
+    eos = tf.fill(tf.stack([ids.nrows(), 1]), tf.constant(EOS_ID, tf.int32))
+    return tf.concat([ids, tf.RaggedTensor.from_tensor(eos)], axis=1)
+
+
+def _decode(
+    translator: Translator, src_ids: tf.RaggedTensor, opts: DecodingConfig
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Beam search over length-sorted sources, as `Translator._decode_batch` does.
+
+    Returns:
+        ids `(n, T)` int32 of the best hypotheses (PAD after the end), scores `(n,)`.
+    """
+    lengths = tf.cast(src_ids.row_lengths(), tf.int32)
+    longest = tf.maximum(tf.reduce_max(lengths), 1)
+    width = (longest + SRC_PAD_MULTIPLE - 1) // SRC_PAD_MULTIPLE * SRC_PAD_MULTIPLE
+    src = src_ids.to_tensor(PAD_ID, shape=tf.stack([tf.shape(lengths)[0], width]))
+    # float32 arithmetic and truncation, exactly as the Translator computes it with numpy.
+    max_len = tf.cast(tf.cast(lengths, tf.float32) * opts.max_len_a + opts.max_len_b, tf.int32)
+    ids, scores = translator.search(
+        src, max_len, opts.beam_size, 1, opts.length_penalty, static_max_steps(opts)
+    )
+    return ids[:, 0], scores[:, 0]
+
+
+def make_translate_fn(
+    translator: Translator, opts: DecodingConfig
+) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """The exported function: `sentences (batch,) tf.string -> {translations, scores}`.
+
+    Args:
+        translator: the loaded run (model and tokenizers).
+        opts: decoding settings (`n_best` is ignored: one translation per sentence).
+    """
+
+    def translate(sentences: tf.Tensor) -> dict[str, tf.Tensor]:
+        batch = tf.shape(sentences, out_type=tf.int64)[:1]
+        keep = tf.where(tf.logical_not(tf.strings.regex_full_match(sentences, _BLANK_PATTERN)))
+        src_ids = _source_ids(translator, tf.gather_nd(sentences, keep), opts.max_input_len)
+        # The Translator's batch order (stable sort by length): same rows, same arithmetic.
+        order = tf.argsort(src_ids.row_lengths(), stable=True)
+        ids, scores = _decode(translator, tf.gather(src_ids, order), opts)
+        keep = tf.gather(keep, order)
+        return {
+            "translations": tf.scatter_nd(keep, translator.tgt_tok.detokenize(ids), batch),
+            "scores": tf.scatter_nd(keep, scores, batch),
+        }
+
+    return translate
+
+
+def build_archive(translator: Translator, opts: DecodingConfig) -> keras.export.ExportArchive:
+    """A Keras `ExportArchive` with the `translate` endpoint (the `serving_default` too).
+
+    The archive saves the variables the endpoint captures and, because they are tracked,
+    the SentencePiece model resources of the tokenizers (their model bytes live in the graph).
+    The model itself is deliberately not `track()`ed: that would store every weight twice,
+    as Keras variable wrappers and as the captured `tf.Variable`s (keras-team/keras#23553).
+    """
+    archive = keras.export.ExportArchive()
+    tokenizers = {id(tok): tok for tok in (translator.src_tok, translator.tgt_tok)}
+    for tok in tokenizers.values():
+        archive.track(tok.tf_tokenizer)
+    archive.add_endpoint(
+        ENDPOINT,
+        make_translate_fn(translator, opts),
+        input_signature=[tf.TensorSpec([None], tf.string, name="sentences")],
+    )
+    return archive
+
+
+def export_settings(translator: Translator, opts: DecodingConfig, run_dir: Path) -> dict:
+    """What `OUT_DIR/nmt_export.json` records: the settings frozen into the graph."""
+    return {
+        "run_dir": str(run_dir.resolve()),
+        "signature": "serving_default",
+        "inputs": {"sentences": "tf.string (batch,)"},
+        "outputs": {"translations": "tf.string (batch,)", "scores": "tf.float32 (batch,)"},
+        "src_lang": translator.cfg.data.src_lang,
+        "tgt_lang": translator.cfg.data.tgt_lang,
+        "decoding": {
+            "beam_size": opts.beam_size,
+            "length_penalty": opts.length_penalty,
+            "max_len_a": opts.max_len_a,
+            "max_len_b": opts.max_len_b,
+            "max_input_len": opts.max_input_len,
+            "max_steps": static_max_steps(opts),
+        },
+        "load": "import tensorflow_text, then tf.saved_model.load(OUT_DIR)",
+        "tensorflow": tf.__version__,
+    }
+
+
+def check_out_dir(out_dir: Path, run_dir: Path, force: bool) -> None:
+    """Refuses an output folder that would lose data.
+
+    Raises:
+        NmtError: `out_dir` is a file, is (or contains) the run directory, or is a non-empty
+            folder and `force` is off.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NmtError(f"export destination {out_dir} is a file, not a folder")
+    out_abs, run_abs = out_dir.resolve(), run_dir.resolve()
+    # --force replaces the folder: never let that delete the run it exports.
+    if out_abs == run_abs or out_abs in run_abs.parents:
+        raise NmtError(f"export destination {out_dir} would overwrite the run directory {run_dir}")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise NmtError(
+            f"export destination {out_dir} exists and is not empty; "
+            "choose another folder or pass --force to replace it"
+        )
+
+
+def _write(archive: keras.export.ExportArchive, settings: dict, out_dir: Path) -> None:
+    """Writes into a temporary sibling folder, then swaps it in: no half-written export."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an export is meant to share
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def export(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    beam_size: int | None = None,
+    length_penalty: float | None = None,
+    force: bool = False,
+) -> dict:
+    """Exports the best model of `run_dir` as a string-to-string SavedModel in `out_dir`.
+
+    Args:
+        run_dir: trained run directory.
+        out_dir: destination folder; must not exist or be empty unless `force`.
+        beam_size, length_penalty: override the run's `decoding` settings.
+        force: replace a non-empty `out_dir`.
+
+    Returns:
+        The settings written to `OUT_DIR/nmt_export.json`.
+
+    Raises:
+        RunDirError: `run_dir` is missing or has no trained model.
+        NmtError: bad decoding options or a destination that would lose data.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_out_dir(out_dir, run_dir, force)
+    translator = Translator.from_run_dir(run_dir)
+    opts = translator.decoding_options(beam_size=beam_size, n_best=1, length_penalty=length_penalty)
+    start = time.perf_counter()
+    settings = export_settings(translator, opts, run_dir)
+    _write(build_archive(translator, opts), settings, out_dir)
+    log.info("exported %s to %s in %.1f s", run_dir, out_dir, time.perf_counter() - start)
+    return settings

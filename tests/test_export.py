@@ -1,0 +1,204 @@
+"""`nmt export`: a string-to-string SavedModel that needs no nmt to load and matches the
+Translator exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nmt import cli, export, training
+from nmt import config as config_lib
+from nmt.translator import Translator
+
+SRC_WORDS = "a man woman dog cat runs sits on the red blue big small house street".split()
+TGT_WORDS = "ein mann frau hund katze rennt sitzt auf das rot blau groß klein haus straße".split()
+WORD_MAP = dict(zip(SRC_WORDS, TGT_WORDS, strict=True))
+MAX_INPUT_LEN = 12  # small, so that a long sentence exercises truncation
+
+SENTENCES = [
+    "a man runs on the street",
+    "",
+    "the small dog sits",
+    "   ",
+    "\u3000\t",  # whitespace to Python's str.strip(), not to RE2's \s
+    "a big red house",
+    "xyz Ω ünknown wörds",
+    " ".join(SRC_WORDS * 3),  # longer than MAX_INPUT_LEN tokens
+    "cat",
+    "the woman sits on the blue house",
+]
+
+# Runs in a fresh interpreter where `import nmt` fails: the SavedModel must need only
+# tensorflow and tensorflow_text (which registers the SentencePiece ops).
+LOAD_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["nmt"] = None  # any import of nmt now raises ImportError
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401
+    serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+    out = serve(sentences=tf.constant(json.loads(sys.stdin.read()), tf.string))
+    print(json.dumps([t.decode("utf-8") for t in out["translations"].numpy()]))
+    """
+)
+
+
+def _write_corpus(folder: Path, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    for split, n in (("train", 300), ("val", 30)):
+        src = [" ".join(rng.choices(SRC_WORDS, k=rng.randint(2, 7))) for _ in range(n)]
+        tgt = [" ".join(WORD_MAP[w] for w in reversed(s.split())) for s in src]
+        (folder / f"{split}.en").write_text("\n".join(src) + "\n", encoding="utf-8")
+        (folder / f"{split}.de").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A tiny attention model trained for 20 steps on a synthetic corpus."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    _write_corpus(corpus)
+    cfg = config_lib.load(
+        None,
+        [
+            "data.format=files",
+            f"data.train={corpus / 'train'}",
+            f"data.validation={corpus / 'val'}",
+            f"data.test={corpus / 'val'}",
+            "tokenizer.vocab_size=48",
+            "tokenizer.character_coverage=1.0",
+            "model.embedding_dim=16",
+            "model.encoder_units=16",
+            "model.decoder_units=32",
+            "model.maxout_units=16",
+            "model.attention=additive",
+            "model.attention_units=16",
+            "model.dropout=0.0",
+            "training.batch_size=16",
+            "training.max_steps=20",
+            "training.learning_rate=0.01",
+            "training.precision=float32",
+            "training.patience=0",
+            "decoding.beam_size=3",
+            f"decoding.max_input_len={MAX_INPUT_LEN}",
+        ],
+    )
+    run = tmp_path_factory.mktemp("run")
+    training.train(cfg, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exported") / "model"
+    assert cli.main(["export", str(run_dir), str(out)]) == 0
+    return out
+
+
+def _load_and_translate(out_dir: Path, sentences: list[str]) -> list[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, str(out_dir)],
+        input=json.dumps(sentences),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=out_dir.parent,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_savedmodel_without_nmt_matches_translator(run_dir, exported):
+    expected = Translator.from_run_dir(run_dir).translate(SENTENCES)
+    assert _load_and_translate(exported, SENTENCES) == expected
+    assert [expected[i] for i in (1, 3, 4)] == ["", "", ""]
+    assert sum(bool(t) for t in expected) >= 3  # the comparison is not between empty strings
+
+
+def test_export_writes_decoding_settings(run_dir, exported):
+    assert (exported / "saved_model.pb").is_file()
+    settings = json.loads((exported / export.SETTINGS_FILE).read_text())
+    decoding = config_lib.load(run_dir / training.CONFIG_FILE).decoding
+    assert settings["decoding"]["beam_size"] == decoding.beam_size == 3
+    assert settings["decoding"]["length_penalty"] == decoding.length_penalty
+    assert settings["decoding"]["max_input_len"] == MAX_INPUT_LEN
+    assert settings["decoding"]["max_len_a"] == decoding.max_len_a
+    assert settings["decoding"]["max_len_b"] == decoding.max_len_b
+
+
+def test_beam_and_length_penalty_overrides(run_dir, tmp_path):
+    import tensorflow as tf
+
+    out = tmp_path / "greedy"
+    argv = ["export", str(run_dir), str(out), "--beam-size", "1", "--length-penalty", "0"]
+    assert cli.main(argv) == 0
+    settings = json.loads((out / export.SETTINGS_FILE).read_text())["decoding"]
+    assert (settings["beam_size"], settings["length_penalty"]) == (1, 0.0)
+    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+    result = serve(sentences=tf.constant(SENTENCES))
+    got = [t.decode("utf-8") for t in result["translations"].numpy()]
+    translator = Translator.from_run_dir(run_dir)
+    assert got == translator.translate(SENTENCES, beam_size=1, length_penalty=0.0)
+    assert result["scores"].numpy()[1] == 0.0  # empty input, as the Translator scores it
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert cli.main(argv) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nmt: error: ") and "\n" not in err
+    return err
+
+
+def test_missing_run_dir_is_an_error(capsys, tmp_path):
+    err = _error(capsys, ["export", str(tmp_path / "nope"), str(tmp_path / "out")])
+    assert f"run directory not found: {tmp_path / 'nope'}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_dir_without_model_is_an_error(capsys, run_dir, tmp_path):
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    shutil.copy(run_dir / training.CONFIG_FILE, untrained)
+    shutil.copytree(run_dir / training.TOKENIZER_DIR, untrained / training.TOKENIZER_DIR)
+    err = _error(capsys, ["export", str(untrained), str(tmp_path / "out")])
+    assert "has no trained model" in err and str(untrained) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_empty_out_dir_needs_force(capsys, run_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    err = _error(capsys, ["export", str(run_dir), str(out)])
+    assert f"export destination {out} exists and is not empty" in err and "--force" in err
+    assert (out / "stale.txt").is_file()
+    assert cli.main(["export", str(run_dir), str(out), "--force"]) == 0
+    assert (out / "saved_model.pb").is_file() and not (out / "stale.txt").exists()
+
+
+def test_out_dir_that_would_destroy_the_run_is_refused(capsys, run_dir):
+    for target in (run_dir, run_dir.parent):
+        err = _error(capsys, ["export", str(run_dir), str(target), "--force"])
+        assert "would overwrite the run directory" in err
+    assert (run_dir / training.BEST_WEIGHTS).is_file()
+
+
+def test_out_dir_that_is_a_file_is_refused(capsys, run_dir, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    err = _error(capsys, ["export", str(run_dir), str(target), "--force"])
+    assert "is a file" in err
+
+
+def test_bad_beam_size_is_an_error(capsys, run_dir, tmp_path):
+    err = _error(capsys, ["export", str(run_dir), str(tmp_path / "out"), "--beam-size", "0"])
+    assert "beam size" in err
