@@ -188,13 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_logging(verbose: bool) -> None:
+    """Our messages at INFO on stderr; other libraries' (tfds, absl) only from WARNING on."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("nmt: %(message)s"))
+    logger = logging.getLogger("nmt")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="nmt: %(message)s",
-        stream=sys.stderr,
-    )
+    _setup_logging(args.verbose)
     try:
         return args.func(args)
     except NmtError as exc:

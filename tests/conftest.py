@@ -21,7 +21,24 @@ def multi30k_dir() -> Path:
     return path
 
 
-SRC_WORDS = "a man woman dog cat runs sits on the red blue green big small house street".split()
+SRC_WORDS = [
+    "a",
+    "man",
+    "woman",
+    "dog",
+    "cat",
+    "runs",
+    "sits",
+    "on",
+    "the",
+    "red",
+    "blue",
+    "green",
+    "big",
+    "small",
+    "house",
+    "street",
+]
 # A deterministic "translation": each word maps to one target word and the order is reversed,
 # so a model has something learnable and attention has something to align.
 TGT_WORDS = "ein mann frau hund katze rennt sitzt auf das rot blau grün groß klein haus straße"

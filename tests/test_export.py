@@ -18,8 +18,8 @@ from nmt import cli, export, training
 from nmt import config as config_lib
 from nmt.translator import Translator
 
-SRC_WORDS = "a man woman dog cat runs sits on the red blue big small house street".split()
-TGT_WORDS = "ein mann frau hund katze rennt sitzt auf das rot blau groß klein haus straße".split()
+SRC_WORDS = ["a", "man", "woman", "dog", "cat", "runs", "sits", "on", "the", "red", "blue", "big", "small", "house", "street"]
+TGT_WORDS = ["ein", "mann", "frau", "hund", "katze", "rennt", "sitzt", "auf", "das", "rot", "blau", "groß", "klein", "haus", "straße"]
 WORD_MAP = dict(zip(SRC_WORDS, TGT_WORDS, strict=True))
 MAX_INPUT_LEN = 12  # small, so that a long sentence exercises truncation
 
