@@ -128,6 +128,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    import contextlib
+
+    import tensorflow as tf
+
+    # Traced with a GPU visible, Keras' GRU becomes cuDNN ops that have no CPU kernel: the
+    # SavedModel would not run on CPU-only servers. The generic graph runs anywhere.
+    # RuntimeError: TensorFlow is already initialized (in-process use); export() warns then.
+    with contextlib.suppress(RuntimeError):
+        tf.config.set_visible_devices([], "GPU")
     from nmt import export
 
     out_dir = args.out_dir or str(Path(args.run_dir) / "export")

@@ -55,15 +55,30 @@ _BLANK_PATTERN = (
 )
 
 
-def static_max_steps(opts: DecodingConfig) -> int:
-    """The output width of the exported search: the Translator's `max_steps` for the longest
-    source it can see (`max_input_len` tokens + EOS, padded to a multiple of 8).
+def _round_up(n: int | tf.Tensor, multiple: int) -> int | tf.Tensor:
+    return (n + multiple - 1) // multiple * multiple
 
-    Search needs a static width; it bounds every per-sentence `max_len`, so the loop still
-    stops as soon as every sentence is finished and outputs do not depend on it.
+
+def step_buckets(opts: DecodingConfig) -> list[tuple[int, int]]:
+    """`(padded source width, max_steps)` of each compiled search in the exported graph.
+
+    Search needs a static output width, and every step's cost grows with it, so one width for
+    the longest possible source (`max_input_len` + EOS) would make short sentences pay for
+    ~400 columns. The graph instead holds one search per doubling of the source width and
+    runs the smallest that fits. Each bucket's `max_steps` is the Translator's
+    (`max_len_a * width + max_len_b`) for its widest source: at least every `max_len` in
+    the batch, so outputs do not depend on the bucket and the loop still stops as soon as
+    every sentence is finished.
     """
-    longest = -(-(opts.max_input_len + 1) // SRC_PAD_MULTIPLE) * SRC_PAD_MULTIPLE
-    return int(opts.max_len_a * longest + opts.max_len_b)
+    widest = _round_up(opts.max_input_len + 1, SRC_PAD_MULTIPLE)
+    widths, width = [], SRC_PAD_MULTIPLE
+    # Doublings up to half the widest, then the widest: the last bucket is never only a
+    # few columns wider than the one before it.
+    while width * 2 <= widest:
+        widths.append(width)
+        width *= 2
+    widths.append(widest)
+    return [(w, int(opts.max_len_a * w + opts.max_len_b)) for w in widths]
 
 
 def _source_ids(translator: Translator, sentences: tf.Tensor, limit: int) -> tf.RaggedTensor:
@@ -82,14 +97,18 @@ def _decode(
         ids `(n, T)` int32 of the best hypotheses (PAD after the end), scores `(n,)`.
     """
     lengths = tf.cast(src_ids.row_lengths(), tf.int32)
-    longest = tf.maximum(tf.reduce_max(lengths), 1)
-    width = (longest + SRC_PAD_MULTIPLE - 1) // SRC_PAD_MULTIPLE * SRC_PAD_MULTIPLE
+    width = _round_up(tf.maximum(tf.reduce_max(lengths), 1), SRC_PAD_MULTIPLE)
     src = src_ids.to_tensor(PAD_ID, shape=tf.stack([tf.shape(lengths)[0], width]))
     # float32 arithmetic and truncation, exactly as the Translator computes it with numpy.
     max_len = tf.cast(tf.cast(lengths, tf.float32) * opts.max_len_a + opts.max_len_b, tf.int32)
-    ids, scores = translator.search(
-        src, max_len, opts.beam_size, 1, opts.length_penalty, static_max_steps(opts)
-    )
+    buckets = step_buckets(opts)
+    bucket = tf.reduce_sum(tf.cast(width > tf.constant([w for w, _ in buckets]), tf.int32))
+
+    def search(max_steps: int) -> Callable[[], tuple[tf.Tensor, tf.Tensor]]:
+        alpha = opts.length_penalty
+        return lambda: translator.search(src, max_len, opts.beam_size, 1, alpha, max_steps)
+
+    ids, scores = tf.switch_case(bucket, [search(steps) for _, steps in buckets])
     return ids[:, 0], scores[:, 0]
 
 
@@ -154,7 +173,8 @@ def export_settings(translator: Translator, opts: DecodingConfig, run_dir: Path)
             "max_len_a": opts.max_len_a,
             "max_len_b": opts.max_len_b,
             "max_input_len": opts.max_input_len,
-            "max_steps": static_max_steps(opts),
+            # Output tokens allowed by each compiled search, by padded source width.
+            "max_steps_by_source_width": dict(step_buckets(opts)),
         },
         "load": "import tensorflow_text, then tf.saved_model.load(OUT_DIR)",
         "tensorflow": tf.__version__,
@@ -182,9 +202,16 @@ def check_out_dir(out_dir: Path, run_dir: Path, force: bool) -> None:
 
 
 def _write(archive: keras.export.ExportArchive, settings: dict, out_dir: Path) -> None:
-    """Writes into a temporary sibling folder, then swaps it in: no half-written export."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    """Writes into a temporary sibling folder, then swaps it in: no half-written export.
+
+    Raises:
+        NmtError: the destination's parent folder cannot be created or written to.
+    """
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise NmtError(f"cannot write the export to {out_dir}: {exc.strerror}") from None
     try:
         archive.write_out(str(tmp), verbose=False)
         (tmp / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
@@ -223,10 +250,20 @@ def export(
 
     Raises:
         RunDirError: `run_dir` is missing or has no trained model.
-        NmtError: bad decoding options or a destination that would lose data.
+        NmtError: bad decoding options, a destination that would lose data, or a Keras
+            backend other than TensorFlow.
     """
+    if keras.backend.backend() != "tensorflow":
+        raise NmtError(
+            f"exporting a SavedModel needs KERAS_BACKEND=tensorflow, not {keras.backend.backend()}"
+        )
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_out_dir(out_dir, run_dir, force)
+    if tf.config.list_logical_devices("GPU"):
+        log.warning(
+            "a GPU is visible: Keras traces the encoder with cuDNN kernels, so this SavedModel "
+            "will need a GPU to run; hide the GPU (CUDA_VISIBLE_DEVICES=) for a portable one"
+        )
     translator = Translator.from_run_dir(run_dir)
     opts = translator.decoding_options(beam_size=beam_size, n_best=1, length_penalty=length_penalty)
     start = time.perf_counter()

@@ -18,8 +18,40 @@ from nmt import cli, export, training
 from nmt import config as config_lib
 from nmt.translator import Translator
 
-SRC_WORDS = ["a", "man", "woman", "dog", "cat", "runs", "sits", "on", "the", "red", "blue", "big", "small", "house", "street"]
-TGT_WORDS = ["ein", "mann", "frau", "hund", "katze", "rennt", "sitzt", "auf", "das", "rot", "blau", "groß", "klein", "haus", "straße"]
+SRC_WORDS = [
+    "a",
+    "man",
+    "woman",
+    "dog",
+    "cat",
+    "runs",
+    "sits",
+    "on",
+    "the",
+    "red",
+    "blue",
+    "big",
+    "small",
+    "house",
+    "street",
+]
+TGT_WORDS = [
+    "ein",
+    "mann",
+    "frau",
+    "hund",
+    "katze",
+    "rennt",
+    "sitzt",
+    "auf",
+    "das",
+    "rot",
+    "blau",
+    "groß",
+    "klein",
+    "haus",
+    "straße",
+]
 WORD_MAP = dict(zip(SRC_WORDS, TGT_WORDS, strict=True))
 MAX_INPUT_LEN = 12  # small, so that a long sentence exercises truncation
 
@@ -37,7 +69,8 @@ SENTENCES = [
 ]
 
 # Runs in a fresh interpreter where `import nmt` fails: the SavedModel must need only
-# tensorflow and tensorflow_text (which registers the SentencePiece ops).
+# tensorflow and tensorflow_text (which registers the SentencePiece ops). Reads a JSON list
+# of batches on stdin, prints the list of translated batches.
 LOAD_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -45,8 +78,11 @@ LOAD_SCRIPT = textwrap.dedent(
     import tensorflow as tf
     import tensorflow_text  # noqa: F401
     serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-    out = serve(sentences=tf.constant(json.loads(sys.stdin.read()), tf.string))
-    print(json.dumps([t.decode("utf-8") for t in out["translations"].numpy()]))
+    out = []
+    for batch in json.loads(sys.stdin.read()):
+        texts = serve(sentences=tf.constant(batch, tf.string))["translations"].numpy()
+        out.append([t.decode("utf-8") for t in texts])
+    print(json.dumps(out))
     """
 )
 
@@ -88,6 +124,10 @@ def run_dir(tmp_path_factory) -> Path:
             "training.patience=0",
             "decoding.beam_size=3",
             f"decoding.max_input_len={MAX_INPUT_LEN}",
+            # Tight per-sentence limits (1 to 4 tokens here) cut most outputs short, so
+            # a wrong max_len in the graph changes the strings.
+            "decoding.max_len_a=0.3",
+            "decoding.max_len_b=1",
         ],
     )
     run = tmp_path_factory.mktemp("run")
@@ -102,11 +142,11 @@ def exported(run_dir, tmp_path_factory) -> Path:
     return out
 
 
-def _load_and_translate(out_dir: Path, sentences: list[str]) -> list[str]:
+def _load_and_translate(out_dir: Path, batches: list[list[str]]) -> list[list[str]]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
         [sys.executable, "-c", LOAD_SCRIPT, str(out_dir)],
-        input=json.dumps(sentences),
+        input=json.dumps(batches),
         capture_output=True,
         text=True,
         env=env,
@@ -118,10 +158,33 @@ def _load_and_translate(out_dir: Path, sentences: list[str]) -> list[str]:
 
 
 def test_savedmodel_without_nmt_matches_translator(run_dir, exported):
-    expected = Translator.from_run_dir(run_dir).translate(SENTENCES)
-    assert _load_and_translate(exported, SENTENCES) == expected
-    assert [expected[i] for i in (1, 3, 4)] == ["", "", ""]
-    assert sum(bool(t) for t in expected) >= 3  # the comparison is not between empty strings
+    # The first batch holds a truncated long sentence (source width 16), the second only
+    # short ones (width 8): each runs a different compiled search of the graph.
+    short = ["a dog", "", "the cat sits", "red house"]
+    batches = [SENTENCES, short, ["", " "], []]
+    translator = Translator.from_run_dir(run_dir)
+    assert max(len(translator.src_tok.encode(s)) for s in short) < 8  # + EOS fits width 8
+    expected = [translator.translate(batch) for batch in batches]
+    assert _load_and_translate(exported, batches) == expected
+    assert [expected[0][i] for i in (1, 3, 4)] == ["", "", ""]
+    assert sum(bool(t) for t in expected[0]) >= 3  # the comparison is not between empty strings
+
+
+def test_step_buckets_cover_every_source_width():
+    opts = config_lib.DecodingConfig(max_input_len=256, max_len_a=1.5, max_len_b=10)
+    buckets = export.step_buckets(opts)
+    assert [w for w, _ in buckets] == [8, 16, 32, 64, 128, 264]  # 264: 256 tokens + EOS, padded
+    assert all(steps == int(1.5 * w + 10) for w, steps in buckets)
+
+
+def test_weights_are_stored_once(run_dir, exported):
+    import numpy as np
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(exported / "variables" / "variables"))
+    shapes = reader.get_variable_to_shape_map()
+    stored = sum(int(np.prod(s)) for k, s in shapes.items() if k.endswith("VARIABLE_VALUE"))
+    assert stored == Translator.from_run_dir(run_dir).model.count_params()
 
 
 def test_export_writes_decoding_settings(run_dir, exported):
@@ -202,3 +265,9 @@ def test_out_dir_that_is_a_file_is_refused(capsys, run_dir, tmp_path):
 def test_bad_beam_size_is_an_error(capsys, run_dir, tmp_path):
     err = _error(capsys, ["export", str(run_dir), str(tmp_path / "out"), "--beam-size", "0"])
     assert "beam size" in err
+
+
+def test_out_dir_that_cannot_be_created_is_an_error(capsys, run_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    err = _error(capsys, ["export", str(run_dir), str(tmp_path / "file" / "out")])
+    assert f"cannot write the export to {tmp_path / 'file' / 'out'}" in err

@@ -1,0 +1,122 @@
+"""The Translator and the `nmt translate` / `nmt evaluate` commands, on a tiny trained run."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nmt import cli
+from nmt.translator import Translator
+
+from .conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def translator(tiny_run):
+    return Translator.from_run_dir(tiny_run)
+
+
+def test_translations_keep_input_order_and_empty_lines(translator):
+    sentences = ["a man runs", "", "the big red dog sits on the street", "   ", "a cat"]
+    batched = translator.translate(sentences, batch_size=2)
+    assert len(batched) == 5 and batched[1] == "" and batched[3] == ""
+    # Sorting by length inside must not change which output belongs to which input.
+    one_by_one = [translator.translate([s])[0] for s in sentences]
+    assert batched == one_by_one
+
+
+def test_beam_1_equals_greedy_and_n_best_is_sorted(translator):
+    sentences = ["a man runs on the street", "the small cat sits"]
+    greedy = translator.translate(sentences, beam_size=1)
+    assert translator.translate_n_best(sentences, beam_size=1)[0][0][0] == greedy[0]
+    for hyps in translator.translate_n_best(sentences, beam_size=3, n_best=3):
+        scores = [s for _, s in hyps]
+        assert len(hyps) == 3 and scores == sorted(scores, reverse=True)
+
+
+def test_long_input_is_truncated_with_a_warning(translator, caplog):
+    long = " ".join(["the big red dog"] * 200)
+    with caplog.at_level("WARNING", logger="nmt"):
+        out = translator.translate([long, "a man"])
+    assert len(out) == 2
+    assert "translating its first 256" in caplog.text
+
+
+def test_bad_decoding_options(translator):
+    with pytest.raises(cli.NmtError, match="n-best .3. cannot exceed the beam size .2."):
+        translator.translate(["a"], beam_size=2, n_best=3)
+
+
+def _nmt(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "nmt.cli", *args], cwd=REPO, input=stdin,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_translate_sentence_stdin_and_files(tiny_run, tmp_path, translator):
+    result = _nmt("translate", str(tiny_run), "a man runs")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == translator.translate(["a man runs"])[0] + "\n"
+
+    result = _nmt("translate", str(tiny_run), stdin="a\n\nb\n")
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 3
+    assert result.stdout.splitlines()[1] == ""
+
+    src = tmp_path / "in.en.gz"
+    with gzip.open(src, "wt") as f:
+        f.write("a dog\n\nthe cat runs\n")
+    out = tmp_path / "sub" / "out.de"
+    result = _nmt("translate", str(tiny_run), "--input", str(src), "--output", str(out),
+                  "--beam-size", "2", "--n-best", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = out.read_text().splitlines()
+    assert [line.split(" ||| ")[0] for line in lines] == ["0", "0", "1", "1", "2", "2"]
+
+
+def test_cli_translate_errors(tmp_path, tiny_run, capsys):
+    assert cli.main(["translate", str(tmp_path / "nope"), "x"]) == 2
+    assert "run directory not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["translate", str(tmp_path / "empty"), "x"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert cli.main(["translate", str(tiny_run), "--input", str(tmp_path / "no.txt")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli.main(["translate", str(tiny_run), "x", "--beam-size", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
+
+
+def test_cli_run_dir_without_weights(tmp_path, tiny_run, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.weights.h5"))
+    assert cli.main(["translate", str(run), "x"]) == 2
+    assert "has no trained model" in capsys.readouterr().err
+
+
+def test_cli_evaluate_files_and_split(tiny_run, tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = cli.main(["evaluate", str(tiny_run), "--src", str(tiny_corpus / "val.en"),
+                     "--ref", str(tiny_corpus / "val.de"), "--by-length",
+                     "--output-dir", str(out), "--beam-size", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "sacrebleu BLEU signature: nrefs:1|case:mixed|eff:no|tok:13a" in printed
+    report = json.loads((out / "val.en.json").read_text())
+    assert report["sentences"] == 40 and report["beam_size"] == 2
+    assert report["by_source_length"][0]["bucket"] == "0-9"
+    assert len((out / "val.en.hyp").read_text().splitlines()) == 40
+    assert cli.main(["evaluate", str(tiny_run), "--split", "validation",
+                     "--output-dir", str(out)]) == 0
+    assert (out / "validation.json").is_file()
+
+
+def test_cli_evaluate_errors(tiny_run, tiny_corpus, tmp_path, capsys):
+    assert cli.main(["evaluate", str(tiny_run)]) == 2
+    assert "give --src FILE and --ref FILE" in capsys.readouterr().err
+    short = tmp_path / "short.de"
+    short.write_text("ein\n")
+    assert cli.main(["evaluate", str(tiny_run), "--src", str(tiny_corpus / "val.en"),
+                     "--ref", str(short)]) == 2
+    assert "has 40 lines but" in capsys.readouterr().err
