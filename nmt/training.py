@@ -353,7 +353,7 @@ def train(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     if _finished(state, cfg.training):
         log.info("training already finished (epoch %d, step %d)", state["epoch"], state["step"])
         return state
-    keeper = RunKeeper(run_dir, cfg.training, state, bleu_fn=_bleu_fn(cfg, run_dir))
+    keeper = RunKeeper(run_dir, cfg.training, state, bleu_fn=_bleu_fn(cfg, src_tok, tgt_tok))
     log.info("training %s params, precision %s", f"{model.count_params():,}", policy)
     model.fit(
         datasets["train"],
@@ -383,8 +383,24 @@ def _finished(state: dict[str, Any], cfg: TrainingConfig) -> bool:
     )
 
 
-def _bleu_fn(cfg: Config, run_dir: Path):
-    """Validation BLEU for early stopping, once decoding exists (None: select on loss)."""
+def _bleu_fn(cfg: Config, src_tok, tgt_tok):
+    """Greedy validation BLEU for model selection (None: select on validation loss)."""
     if cfg.training.early_stopping_metric != "bleu":
         return None
-    raise ConfigError("training.early_stopping_metric 'bleu' needs decoding, not built yet")
+    import itertools
+
+    from nmt import corpus, evaluation
+    from nmt.translator import Translator
+
+    limit = cfg.training.bleu_max_sentences or None
+    pairs = list(itertools.islice(corpus.iter_pairs(cfg.data, "validation"), limit))
+    srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
+
+    translators: dict[int, Translator] = {}  # one per model, so the search compiles once
+
+    def bleu(model: keras.Model) -> float:
+        translator = translators.setdefault(id(model), Translator(cfg, model, src_tok, tgt_tok))
+        hyps = translator.translate(srcs, beam_size=1)
+        return evaluation.score(hyps, refs)["bleu"]
+
+    return bleu

@@ -203,3 +203,28 @@ def test_smoke_config_trains_end_to_end(tmp_path, multi30k_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: epoch 1, step 60" in result.stdout
     assert (tmp_path / "smoke" / "best.weights.h5").is_file()
+
+
+def test_validation_bleu_selects_the_model(tmp_path, tiny_corpus):
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(
+        tiny_corpus,
+        "training.early_stopping_metric=bleu",
+        "training.epochs=2",
+        "training.bleu_max_sentences=20",
+    )
+    state = training.train(cfg, run_dir)
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["val_bleu"] <= 100.0 for r in records)
+    assert state["best"] == max(r["val_bleu"] for r in records)
+
+
+def test_early_stopping_after_patience(tmp_path, tiny_corpus):
+    # With a zero learning rate nothing improves after the first validation.
+    cfg = tiny_config(
+        tiny_corpus, "training.learning_rate=0", "training.epochs=10", "training.patience=2"
+    )
+    state = training.train(cfg, tmp_path / "run")
+    assert state["stopped_early"] and state["epoch"] == 3
+    # Running the same command again does not train any further.
+    assert training.train(cfg, tmp_path / "run")["step"] == state["step"]

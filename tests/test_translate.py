@@ -50,8 +50,14 @@ def test_bad_decoding_options(translator):
 
 
 def _nmt(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "nmt.cli", *args], cwd=REPO, input=stdin,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "nmt.cli", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_translate_sentence_stdin_and_files(tiny_run, tmp_path, translator):
@@ -67,8 +73,18 @@ def test_cli_translate_sentence_stdin_and_files(tiny_run, tmp_path, translator):
     with gzip.open(src, "wt") as f:
         f.write("a dog\n\nthe cat runs\n")
     out = tmp_path / "sub" / "out.de"
-    result = _nmt("translate", str(tiny_run), "--input", str(src), "--output", str(out),
-                  "--beam-size", "2", "--n-best", "2")
+    result = _nmt(
+        "translate",
+        str(tiny_run),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--beam-size",
+        "2",
+        "--n-best",
+        "2",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = out.read_text().splitlines()
     assert [line.split(" ||| ")[0] for line in lines] == ["0", "0", "1", "1", "2", "2"]
@@ -97,9 +113,21 @@ def test_cli_run_dir_without_weights(tmp_path, tiny_run, capsys):
 
 def test_cli_evaluate_files_and_split(tiny_run, tiny_corpus, tmp_path, capsys):
     out = tmp_path / "eval"
-    code = cli.main(["evaluate", str(tiny_run), "--src", str(tiny_corpus / "val.en"),
-                     "--ref", str(tiny_corpus / "val.de"), "--by-length",
-                     "--output-dir", str(out), "--beam-size", "2"])
+    code = cli.main(
+        [
+            "evaluate",
+            str(tiny_run),
+            "--src",
+            str(tiny_corpus / "val.en"),
+            "--ref",
+            str(tiny_corpus / "val.de"),
+            "--by-length",
+            "--output-dir",
+            str(out),
+            "--beam-size",
+            "2",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "sacrebleu BLEU signature: nrefs:1|case:mixed|eff:no|tok:13a" in printed
@@ -107,8 +135,10 @@ def test_cli_evaluate_files_and_split(tiny_run, tiny_corpus, tmp_path, capsys):
     assert report["sentences"] == 40 and report["beam_size"] == 2
     assert report["by_source_length"][0]["bucket"] == "0-9"
     assert len((out / "val.en.hyp").read_text().splitlines()) == 40
-    assert cli.main(["evaluate", str(tiny_run), "--split", "validation",
-                     "--output-dir", str(out)]) == 0
+    assert (
+        cli.main(["evaluate", str(tiny_run), "--split", "validation", "--output-dir", str(out)])
+        == 0
+    )
     assert (out / "validation.json").is_file()
 
 
@@ -117,6 +147,10 @@ def test_cli_evaluate_errors(tiny_run, tiny_corpus, tmp_path, capsys):
     assert "give --src FILE and --ref FILE" in capsys.readouterr().err
     short = tmp_path / "short.de"
     short.write_text("ein\n")
-    assert cli.main(["evaluate", str(tiny_run), "--src", str(tiny_corpus / "val.en"),
-                     "--ref", str(short)]) == 2
+    assert (
+        cli.main(
+            ["evaluate", str(tiny_run), "--src", str(tiny_corpus / "val.en"), "--ref", str(short)]
+        )
+        == 2
+    )
     assert "has 40 lines but" in capsys.readouterr().err
