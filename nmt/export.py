@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from nmt.config import EOS_ID, PAD_ID, DecodingConfig
 from nmt.errors import NmtError
-from nmt.translator import SRC_PAD_MULTIPLE, Translator
+from nmt.translator import SRC_PAD_MULTIPLE, Translator, step_buckets
 
 log = logging.getLogger("nmt")
 
@@ -55,30 +55,8 @@ _BLANK_PATTERN = (
 )
 
 
-def _round_up(n: int | tf.Tensor, multiple: int) -> int | tf.Tensor:
+def _round_up(n: tf.Tensor, multiple: int) -> tf.Tensor:
     return (n + multiple - 1) // multiple * multiple
-
-
-def step_buckets(opts: DecodingConfig) -> list[tuple[int, int]]:
-    """`(padded source width, max_steps)` of each compiled search in the exported graph.
-
-    Search needs a static output width, and every step's cost grows with it, so one width for
-    the longest possible source (`max_input_len` + EOS) would make short sentences pay for
-    ~400 columns. The graph instead holds one search per doubling of the source width and
-    runs the smallest that fits. Each bucket's `max_steps` is the Translator's
-    (`max_len_a * width + max_len_b`) for its widest source: at least every `max_len` in
-    the batch, so outputs do not depend on the bucket and the loop still stops as soon as
-    every sentence is finished.
-    """
-    widest = _round_up(opts.max_input_len + 1, SRC_PAD_MULTIPLE)
-    widths, width = [], SRC_PAD_MULTIPLE
-    # Doublings up to half the widest, then the widest: the last bucket is never only a
-    # few columns wider than the one before it.
-    while width * 2 <= widest:
-        widths.append(width)
-        width *= 2
-    widths.append(widest)
-    return [(w, int(opts.max_len_a * w + opts.max_len_b)) for w in widths]
 
 
 def _source_ids(translator: Translator, sentences: tf.Tensor, limit: int) -> tf.RaggedTensor:

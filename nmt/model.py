@@ -52,22 +52,24 @@ def source_mask(src_ids: Tensor) -> Tensor:
     Returns:
         `(batch, src_len)` bool tensor.
     """
-    positions = ops.arange(ops.shape(src_ids)[1])
-    return ops.logical_or(ops.not_equal(src_ids, PAD_ID), ops.expand_dims(positions == 0, 0))
+    first = ops.equal(ops.arange(ops.shape(src_ids)[1]), 0)
+    return ops.logical_or(ops.not_equal(src_ids, PAD_ID), ops.expand_dims(first, 0))
 
 
 def _warn_recurrent_dropout(rate: float) -> None:
     if rate > 0:
-        # Python's default warning filter shows this once per process.
+        # One call site, so Python's default warning filter shows this once per process.
         warnings.warn(
-            "model.recurrent_dropout > 0 disables the fused (cuDNN) GRU kernel; "
+            f"model.recurrent_dropout={rate} disables the fused (cuDNN) GRU kernel; "
             "training will be much slower on GPU.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
 
 
-def _gru(units: int, recurrent_dropout: float, name: str, dtype: Any, **kwargs: Any):
+def _gru(
+    units: int, recurrent_dropout: float, name: str, dtype: Any, **kwargs: Any
+) -> keras.layers.GRU:
     """A GRU layer with every setting the fused cuDNN kernel needs spelled out."""
     return keras.layers.GRU(
         units,
@@ -125,8 +127,15 @@ class TiedEmbedding(keras.layers.Layer):
         )
 
     def call(self, inputs: Tensor, reverse: bool = False) -> Tensor:
-        """Looks up ids `(...,) -> (..., dim)`, or with `reverse` maps `(..., dim)` to
-        float32 logits `(..., vocab)`."""
+        """Embeds or projects.
+
+        Args:
+            inputs: ids `(...)`, or with `reverse` features `(..., embedding_dim)`.
+            reverse: project to the vocabulary instead of looking up.
+
+        Returns:
+            `(..., embedding_dim)` in the compute dtype, or float32 logits `(..., vocab)`.
+        """
         if not reverse:
             return ops.cast(ops.take(self.embeddings, inputs, axis=0), self.compute_dtype)
         x = ops.cast(inputs, "float32")
@@ -378,7 +387,7 @@ class Decoder(keras.layers.Layer):
             state["enc_states"] = values
             state["attn_keys"] = self.attention.keys(values)
             state["src_mask"] = mask
-            state["attn_weights"] = ops.zeros(ops.shape(mask), dtype="float32")
+            state["attn_weights"] = ops.zeros_like(mask, dtype="float32")
         return state
 
     def call(

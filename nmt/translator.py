@@ -134,7 +134,7 @@ class Translator:
             row[: len(seq)] = seq
         lengths = np.array([len(s) for s in batch], np.float32)
         max_len = (opts.max_len_a * lengths + opts.max_len_b).astype(np.int32)
-        max_steps = int(opts.max_len_a * src_len + opts.max_len_b)
+        max_steps = next(steps for width, steps in step_buckets(opts) if width >= src_len)
         fn = self._search_fn(opts.beam_size, opts.n_best, opts.length_penalty, max_steps)
         out_ids, scores = fn(tf.constant(src), tf.constant(max_len))
         out_ids, scores = out_ids.numpy(), scores.numpy()
@@ -178,6 +178,28 @@ class Translator:
             n_best=n_best,
             max_steps=max_steps,
         )
+
+
+def step_buckets(opts: DecodingConfig) -> list[tuple[int, int]]:
+    """`(padded source width, max_steps)` of each compiled search.
+
+    Search needs a static output width, and every step's cost grows with it, so one width for
+    the longest possible source (`max_input_len` + EOS) would make short sentences pay for
+    ~400 columns, while one width per padded source length would compile many searches. The
+    Translator and the exported graph hold one search per doubling of the source width and
+    run the smallest that fits. Its `max_steps` is `max_len_a * width + max_len_b` for its
+    widest source: at least every sentence's own `max_len`, so outputs do not depend on the
+    bucket, and the loop still stops as soon as every sentence is finished.
+    """
+    widest = math.ceil((opts.max_input_len + 1) / SRC_PAD_MULTIPLE) * SRC_PAD_MULTIPLE
+    widths, width = [], SRC_PAD_MULTIPLE
+    # Doublings up to half the widest, then the widest: the last bucket is never only a
+    # few columns wider than the one before it.
+    while width * 2 <= widest:
+        widths.append(width)
+        width *= 2
+    widths.append(widest)
+    return [(w, int(opts.max_len_a * w + opts.max_len_b)) for w in widths]
 
 
 def _strip(ids: Iterable[int]) -> list[int]:

@@ -15,7 +15,7 @@ import pytest
 
 from nmt import cli, export, training
 from nmt import config as config_lib
-from nmt.translator import Translator
+from nmt.translator import Translator, step_buckets
 
 from .conftest import SRC_WORDS, tiny_config
 
@@ -109,7 +109,7 @@ def test_savedmodel_without_nmt_matches_translator(run_dir, exported):
 
 def test_step_buckets_cover_every_source_width():
     opts = config_lib.DecodingConfig(max_input_len=256, max_len_a=1.5, max_len_b=10)
-    buckets = export.step_buckets(opts)
+    buckets = step_buckets(opts)
     assert [w for w, _ in buckets] == [8, 16, 32, 64, 128, 264]  # 264: 256 tokens + EOS, padded
     assert all(steps == int(1.5 * w + 10) for w, steps in buckets)
 

@@ -280,15 +280,16 @@ def compiled(attention: str, lr: float) -> Seq2Seq:
     model.compile(
         optimizer=keras.optimizers.Adam(lr, clipnorm=1.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID),
-        jit_compile=False,
+        # XLA compilation costs more than it saves on these tiny TF runs; JAX needs jit.
+        jit_compile=keras.backend.backend() != "tensorflow",
     )
     return model
 
 
 def test_attention_model_learns_to_reverse_exactly():
     src, tgt_in, tgt_out = reversal_data(2000)
-    model = compiled("dot", 1e-2)
-    for _ in range(12):
+    model = compiled("dot", 5e-3)
+    for _ in range(15):  # usually exact after 5-7 epochs
         model.fit((src, tgt_in), tgt_out, batch_size=64, epochs=1, verbose=0)
         pred = greedy(model, src, tgt_out.shape[1])
         exact = ((pred == tgt_out) | (tgt_out == PAD_ID)).all(axis=1)
