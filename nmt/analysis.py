@@ -11,17 +11,18 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nmt.config import BOS_ID, EOS_ID, MULTI30K_ENV, PAD_ID
+from nmt.config import BOS_ID, EOS_ID, PAD_ID, default_multi30k_dir
 from nmt.errors import DataError, RunDirError
 
-# Stems of the Multi30k files (train.en.gz, val.en.gz, test_2016_flickr.en.gz).
+# Stems of the Multi30k files (train.en.gz, val.en.gz, test_2016_flickr.en.gz), by config key
+# (data.train / validation / test). Kept apart from nmt.datasets.multi30k.SPLIT_FILES, which is
+# keyed by tfds split name ("test_2016") and would pull in tensorflow_datasets on import.
 MULTI30K_STEMS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
 
 
@@ -44,8 +45,7 @@ def find_repo_root(start: str | Path | None = None) -> Path:
 
 def find_multi30k(repo_root: str | Path) -> Path | None:
     """Multi30k from `$NMT_MULTI30K_DIR`, else `REPO/../shared/data/multi30k`; None if absent."""
-    env = os.environ.get(MULTI30K_ENV)
-    path = Path(env) if env else Path(repo_root).resolve().parent / "shared" / "data" / "multi30k"
+    path = default_multi30k_dir(repo_root)
     return path if (path / "train.en.gz").is_file() else None
 
 

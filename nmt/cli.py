@@ -87,19 +87,20 @@ def cmd_translate(args: argparse.Namespace) -> int:
     translator = translator_lib.Translator.from_run_dir(args.run_dir)
     options = {**_decoding_kwargs(args), "n_best": args.n_best}
     translator.decoding_options(**options)  # reject bad options before reading input
+    progress = None
     if args.sentence is not None:
         lines, interactive = [args.sentence], False
     elif args.input:
         lines, interactive = list(corpus.read_lines(args.input)), False
+        progress = translator_lib.Progress(len(lines))
     else:
-        lines, interactive = sys.stdin, sys.stdin.isatty()
+        interactive = sys.stdin.isatty()
+        lines = corpus.decode_lines(sys.stdin.buffer, "<stdin>")
     with translator_lib.open_output(args.output) as out:
         if interactive:
             translator_lib.translate_interactively(translator, out, options)
         else:
-            translator_lib.translate_lines(
-                translator, lines, out, options, progress=args.input is not None
-            )
+            translator_lib.translate_lines(translator, lines, out, options, progress)
     return 0
 
 
@@ -217,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nmt: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("nmt: interrupted; run the same command again to resume", file=sys.stderr)
+        resume = "; run the same command again to resume" if args.command == "train" else ""
+        print(f"nmt: interrupted{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -157,8 +157,21 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+@dataclass(frozen=True)
+class _Override:
+    """A `--set` value: parsed as YAML, with the text as typed kept for `str` fields."""
+
+    value: Any
+    text: str
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Checks `value` against a field's type hint, converting int -> float where harmless."""
+    if isinstance(value, _Override):
+        # `--set data.test=2016` or `data.train=no` means the text as typed, not 2016 or False.
+        if hint is str and not isinstance(value.value, (str, list, dict)):
+            return value.text.strip()
+        value = value.value
     origin = typing.get_origin(hint)
     if origin is Literal:
         choices = typing.get_args(hint)
@@ -180,6 +193,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             pass
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {hint.__name__}, got a boolean {value!r}")
+    if hint is str and not isinstance(value, (str, list, dict)):
+        # In a file the text as typed is gone (`no` is already False): ask for quotes.
+        raise ConfigError(
+            f"{where}: expected str, got {type(value).__name__} {value!r}; "
+            "quote the value in the YAML file"
+        )
     if not isinstance(value, hint):
         raise ConfigError(
             f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}"
@@ -187,106 +206,227 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _build_section(cls: type, values: Any, section: str) -> Any:
+Prefix = typing.Callable[[str], str]
+
+
+def _source_prefix(raw: dict[str, Any], source: str | None) -> Prefix:
+    """A function of 'section' or 'section.key' that gives 'SOURCE: ' when the file set it
+    (not a `--set` override, not a default) and '' otherwise."""
+
+    def prefix(name: str) -> str:
+        section, _, key = name.partition(".")
+        values = raw.get(section)
+        if source is None or section not in raw:
+            return ""
+        if not isinstance(values, dict):
+            return f"{source}: "
+        if not key:  # a section: from the file unless every key in it is an override
+            overridden = values and all(isinstance(v, _Override) for v in values.values())
+            return "" if overridden else f"{source}: "
+        from_file = key in values and not isinstance(values[key], _Override)
+        return f"{source}: " if from_file else ""
+
+    return prefix
+
+
+def _build_section(cls: type, values: Any, section: str, prefix: Prefix) -> Any:
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{section}: expected a mapping of keys, got {type(values).__name__}")
-    types_ = _field_types(cls)
-    unknown = sorted(set(values) - set(types_))
-    if unknown:
         raise ConfigError(
-            f"unknown key {section}.{unknown[0]}; valid keys of {section}: " + ", ".join(types_)
+            f"{prefix(section)}{section}: expected a mapping of keys, got {type(values).__name__}"
         )
-    kwargs = {k: _coerce(v, types_[k], f"{section}.{k}") for k, v in values.items()}
-    return cls(**kwargs)
+    types_ = _field_types(cls)
+    unknown = sorted(set(values) - set(types_), key=str)
+    if unknown:
+        name = f"{section}.{unknown[0]}"
+        raise ConfigError(
+            f"{prefix(name)}unknown key {name}; valid keys of {section}: " + ", ".join(types_)
+        )
+    return cls(
+        **{
+            k: _coerce(v, types_[k], f"{prefix(f'{section}.{k}')}{section}.{k}")
+            for k, v in values.items()
+        }
+    )
 
 
-def from_dict(raw: dict[str, Any]) -> Config:
-    """Builds a validated Config from nested dicts (YAML content)."""
+def from_dict(raw: dict[str, Any], source: str | None = None) -> Config:
+    """Builds a validated Config from nested dicts (YAML content).
+
+    Args:
+        raw: {section: {key: value}}.
+        source: the file `raw` was read from; errors about what it set start with 'SOURCE: '.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a mapping of sections")
+    prefix = _source_prefix(raw, source)
     sections = _field_types(Config)
-    unknown = sorted(set(raw) - set(sections))
+    unknown = sorted(set(raw) - set(sections), key=str)
     if unknown:
-        raise ConfigError(f"unknown section {unknown[0]!r}; valid sections: " + ", ".join(sections))
+        raise ConfigError(
+            f"{prefix(str(unknown[0]))}unknown section {unknown[0]!r}; valid sections: "
+            + ", ".join(sections)
+        )
     cfg = Config(
-        **{name: _build_section(cls, raw.get(name), name) for name, cls in sections.items()}
+        **{name: _build_section(cls, raw.get(name), name, prefix) for name, cls in sections.items()}
     )
-    _check_values(cfg)
+    _check_values(cfg, prefix)
     return cfg
 
 
-def _check_values(cfg: Config) -> None:
-    positive = [
-        ("tokenizer.vocab_size", cfg.tokenizer.vocab_size),
-        ("model.embedding_dim", cfg.model.embedding_dim),
-        ("model.encoder_units", cfg.model.encoder_units),
-        ("model.encoder_layers", cfg.model.encoder_layers),
-        ("model.decoder_units", cfg.model.decoder_units),
-        ("model.maxout_units", cfg.model.maxout_units),
-        ("training.batch_size", cfg.training.batch_size),
-        ("training.max_tokens", cfg.training.max_tokens),
-        ("training.bucket_width", cfg.training.bucket_width),
-        ("data.max_src_len", cfg.data.max_src_len),
-        ("data.max_tgt_len", cfg.data.max_tgt_len),
-        ("decoding.beam_size", cfg.decoding.beam_size),
-        ("decoding.n_best", cfg.decoding.n_best),
-        ("decoding.batch_size", cfg.decoding.batch_size),
-        ("decoding.max_input_len", cfg.decoding.max_input_len),
+# Predicates of _check_values, by the words its messages use.
+_RULES: dict[str, typing.Callable[[float], bool]] = {
+    "positive": lambda v: v > 0,
+    "at least 1": lambda v: v >= 1,
+    "at least 0": lambda v: v >= 0,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+    "in (0, 1]": lambda v: 0 < v <= 1,
+}
+
+
+def _check_values(cfg: Config, prefix: Prefix = lambda name: "") -> None:
+    """Range checks: one-line errors 'NAME must be RULE, got VALUE'."""
+    d, tok, m, t, dec = cfg.data, cfg.tokenizer, cfg.model, cfg.training, cfg.decoding
+    checks = [
+        ("tokenizer.vocab_size", tok.vocab_size, "positive"),
+        ("tokenizer.character_coverage", tok.character_coverage, "in (0, 1]"),
+        ("tokenizer.max_training_sentences", tok.max_training_sentences, "at least 1"),
+        ("model.embedding_dim", m.embedding_dim, "positive"),
+        ("model.encoder_units", m.encoder_units, "positive"),
+        ("model.encoder_layers", m.encoder_layers, "positive"),
+        ("model.decoder_units", m.decoder_units, "positive"),
+        ("model.maxout_units", m.maxout_units, "positive"),
+        ("model.dropout", m.dropout, "in [0, 1)"),
+        ("model.recurrent_dropout", m.recurrent_dropout, "in [0, 1)"),
+        ("training.epochs", t.epochs, "at least 1"),
+        ("training.max_steps", t.max_steps, "at least 0"),
+        ("training.batch_size", t.batch_size, "positive"),
+        ("training.max_tokens", t.max_tokens, "positive"),
+        ("training.bucket_width", t.bucket_width, "positive"),
+        ("training.shuffle_buffer", t.shuffle_buffer, "at least 1"),
+        ("training.learning_rate", t.learning_rate, "at least 0"),
+        ("training.lr_decay_steps", t.lr_decay_steps, "at least 1"),
+        ("training.lr_decay_rate", t.lr_decay_rate, "positive"),
+        ("training.warmup_steps", t.warmup_steps, "at least 0"),
+        ("training.clip_norm", t.clip_norm, "at least 0"),
+        ("training.label_smoothing", t.label_smoothing, "in [0, 1)"),
+        ("training.checkpoint_every", t.checkpoint_every, "at least 0"),
+        ("training.patience", t.patience, "at least 0"),
+        ("training.bleu_max_sentences", t.bleu_max_sentences, "at least 0"),
+        ("training.steps_per_execution", t.steps_per_execution, "at least 1"),
+        ("data.max_src_len", d.max_src_len, "positive"),
+        ("data.max_tgt_len", d.max_tgt_len, "positive"),
+        ("decoding.beam_size", dec.beam_size, "positive"),
+        ("decoding.length_penalty", dec.length_penalty, "at least 0"),
+        ("decoding.n_best", dec.n_best, "positive"),
+        ("decoding.max_len_a", dec.max_len_a, "at least 0"),
+        ("decoding.max_len_b", dec.max_len_b, "at least 0"),
+        ("decoding.batch_size", dec.batch_size, "positive"),
+        ("decoding.max_input_len", dec.max_input_len, "positive"),
     ]
-    for name, value in positive:
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    if cfg.decoding.n_best > cfg.decoding.beam_size:
+    for name, value, rule in checks:
+        if not _RULES[rule](value):  # written so that NaN fails too
+            raise ConfigError(f"{prefix(name)}{name} must be {rule}, got {value}")
+    if dec.n_best > dec.beam_size:
         raise ConfigError(
-            f"decoding.n_best ({cfg.decoding.n_best}) cannot exceed "
-            f"decoding.beam_size ({cfg.decoding.beam_size})"
+            f"{prefix('decoding.n_best')}decoding.n_best ({dec.n_best}) cannot exceed "
+            f"decoding.beam_size ({dec.beam_size})"
         )
-    for name, value in [
-        ("model.dropout", cfg.model.dropout),
-        ("model.recurrent_dropout", cfg.model.recurrent_dropout),
-        ("training.label_smoothing", cfg.training.label_smoothing),
-    ]:
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{name} must be in [0, 1), got {value}")
-    if cfg.data.format == "tfds" and not cfg.data.tfds_name:
-        raise ConfigError("data.tfds_name is required when data.format is 'tfds'")
+    if d.format == "tfds" and not d.tfds_name:
+        raise ConfigError(
+            f"{prefix('data.format')}data.tfds_name is required when data.format is 'tfds'"
+        )
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """Parses 'section.key=value'; the value is read as YAML (so 3, 0.5, true, none work)."""
+def _split_override(text: str) -> tuple[str, str, str]:
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"bad override {text!r}; expected section.key=value")
     path, value = text.split("=", 1)
     section, key = path.strip().split(".", 1)
-    return section, key, yaml.safe_load(value) if value.strip() else ""
+    return section, key, value
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The problem of a YAML error in one line, without the quoted source."""
+    problem = getattr(exc, "problem", None)
+    return problem or " ".join(str(exc).split())
+
+
+def _parse_override_value(text: str, value: str) -> Any:
+    if not value.strip():
+        return ""
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bad override {text!r}: not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parses 'section.key=value'; the value is read as YAML (so 3, 0.5, true, none work)."""
+    section, key, value = _split_override(text)
+    return section, key, _parse_override_value(text, value)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}: line {mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections")
+    return raw
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Loads a YAML config (or the defaults when `path` is None) and applies overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a config must be a mapping of sections")
+    """Loads a YAML config (or the defaults when `path` is None) and applies overrides.
+
+    An override value is read as YAML, except that a `str` field takes the text as typed
+    (`--set data.test=2016` gives "2016", not an int).
+
+    Raises:
+        ConfigError: one line; errors about what the file set start with 'PATH: '.
+    """
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
     for text in overrides or []:
-        section, key, value = parse_override(text)
-        if not isinstance(raw.get(section, {}), dict):
-            raise ConfigError(f"{section}: expected a mapping of keys")
-        raw.setdefault(section, {})
-        if raw[section] is None:
+        section, key, value = _split_override(text)
+        parsed = _Override(_parse_override_value(text, value), value)
+        if raw.get(section) is None:
             raw[section] = {}
-        raw[section][key] = value
-    return from_dict(raw)
+        if not isinstance(raw[section], dict):
+            raise ConfigError(
+                f"{path}: {section}: expected a mapping of keys, got {type(raw[section]).__name__}"
+            )
+        raw[section][key] = parsed
+    return from_dict(raw, None if path is None else str(path))
+
+
+def default_multi30k_dir(repo_root: str | Path | None = None) -> Path:
+    """Where scripts, tests and notebooks look for Multi30k when not told otherwise.
+
+    `$NMT_MULTI30K_DIR` if set, else `REPO/../shared/data/multi30k`, where REPO is `repo_root`
+    or the folder holding the `nmt` package. The latter is the repository only for a source
+    checkout or an editable install (`pip install -e .`, as this project is set up); for a
+    regular install pass `repo_root` or set the variable.
+    """
+    env = os.environ.get(MULTI30K_ENV)
+    if env:
+        return Path(env)
+    root = Path(repo_root) if repo_root is not None else Path(__file__).resolve().parents[1]
+    return root.resolve().parent / "shared" / "data" / "multi30k"
 
 
 def multi30k_dir(cfg: DataConfig) -> str:

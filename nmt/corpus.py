@@ -18,7 +18,7 @@ import itertools
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import tensorflow as tf
 
@@ -71,14 +71,26 @@ def _stream_lines(path: Path) -> Iterator[str]:
     number = 0
     try:
         with opener(path, "rb") as stream:
-            # Binary iteration splits on b"\n" only (text mode would also split on "\r").
-            for number, raw in enumerate(stream, 1):
-                yield _decode(raw, path, number)
+            for number, line in enumerate(decode_lines(stream, path), 1):  # noqa: B007 (used below)
+                yield line
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(f"{path}:{number + 1}: corrupt gzip data ({exc})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def _decode(raw: bytes, path: Path, number: int) -> str:
+def decode_lines(stream: IO[bytes], name: str | Path) -> Iterator[str]:
+    """Decodes a binary stream (a file, stdin's buffer) line by line as UTF-8.
+
+    Raises:
+        DataError: naming `name` and the 1-based line number of an undecodable line.
+    """
+    # Binary iteration splits on b"\n" only (text mode would also split on "\r").
+    for number, raw in enumerate(stream, 1):
+        yield _decode(raw, name, number)
+
+
+def _decode(raw: bytes, path: str | Path, number: int) -> str:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

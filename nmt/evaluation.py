@@ -108,7 +108,11 @@ def evaluate(
     """
     opts = translator.decoding_options(**decoding)
     start = time.perf_counter()
-    hyps = translator.translate(srcs, **decoding, progress=True)
+    from nmt.translator import Progress
+
+    progress = Progress(len(srcs))
+    hyps = translator.translate(srcs, **decoding, progress=progress)
+    progress.close()
     seconds = time.perf_counter() - start
     report = {
         **score(hyps, refs),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -56,11 +58,12 @@ class Translator:
         src_tok, tgt_tok = tokenizer.load_tokenizers(run_dir / training.TOKENIZER_DIR)
         weights = _weights_file(run_dir)
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
-        model.load_weights(weights)
+        load_weights(model, weights)
         return cls(cfg, model, src_tok, tgt_tok)
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:
         """Best translation of each sentence (options as in `translate_n_best`)."""
+        options["n_best"] = 1  # only the best is returned, whatever the config's n_best
         return [hyps[0][0] for hyps in self.translate_n_best(sentences, **options)]
 
     def translate_n_best(
@@ -70,30 +73,29 @@ class Translator:
         n_best: int | None = None,
         length_penalty: float | None = None,
         batch_size: int | None = None,
-        progress: bool = False,
+        progress: Progress | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best translations with their normalized scores, best first, in input order.
 
         Args:
             sentences: source strings; empty ones give `[("", 0.0)] * n_best`.
             beam_size, n_best, length_penalty, batch_size: override `cfg.decoding`.
-            progress: show a progress bar (sentences done).
+            progress: counts the sentences done (on stderr).
         """
         opts = self.decoding_options(beam_size, n_best, length_penalty, batch_size)
         ids = [self._encode_source(s, i) for i, s in enumerate(sentences)]
         results: list[list[Hypothesis]] = [[("", 0.0)] * opts.n_best for _ in sentences]
         order = sorted((i for i, x in enumerate(ids) if x), key=lambda i: len(ids[i]))
-        bar = keras.utils.Progbar(len(sentences)) if progress and sentences else None
         for start in range(0, len(order), opts.batch_size):
             chunk = order[start : start + opts.batch_size]
             for i, hyps in zip(
                 chunk, self._decode_batch([ids[i] for i in chunk], opts), strict=True
             ):
                 results[i] = hyps
-            if bar:
-                bar.update(min(start + len(chunk), len(order)))
-        if bar:
-            bar.update(len(sentences), finalize=True)
+            if progress:
+                progress.update(len(chunk))
+        if progress:
+            progress.update(len(sentences) - len(order))  # the empty ones
         return results
 
     def decoding_options(
@@ -140,7 +142,7 @@ class Translator:
         out_ids, scores = out_ids.numpy(), scores.numpy()
         return [
             [
-                (self.tgt_tok.decode(_strip(out_ids[b, k])), float(scores[b, k]))
+                (self.tgt_tok.decode(out_ids[b, k].tolist()), float(scores[b, k]))
                 for k in range(opts.n_best)
             ]
             for b in range(len(batch))
@@ -202,8 +204,35 @@ def step_buckets(opts: DecodingConfig) -> list[tuple[int, int]]:
     return [(w, int(opts.max_len_a * w + opts.max_len_b)) for w in widths]
 
 
-def _strip(ids: Iterable[int]) -> list[int]:
-    return [int(i) for i in ids if i != PAD_ID]
+def load_weights(model: keras.Model, path: Path) -> None:
+    """Loads weights, turning a truncated file or a config/weights mismatch into a RunDirError."""
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError, KeyError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunDirError(
+            f"cannot load {path}: {first_line} (a truncated file, or weights that do not match "
+            "the run's config.yaml)"
+        ) from None
+
+
+class Progress:
+    """A one-line sentence counter on stderr (stdout carries the translations)."""
+
+    def __init__(self, total: int | None = None, label: str = "translated"):
+        self.total, self.label, self.done = total, label, 0
+        self.start = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        of = f"/{self.total}" if self.total is not None else ""
+        sys.stderr.write(f"\r{self.label} {self.done}{of} sentences ({rate:.1f}/s)")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.done:
+            sys.stderr.write("\n")
 
 
 def _weights_file(run_dir: Path) -> Path:
@@ -225,12 +254,14 @@ def _weights_file(run_dir: Path) -> Path:
 def open_output(path: str | None):
     """The output file (UTF-8, parent folders made) or stdout, as a context manager."""
     import contextlib
-    import sys
 
     if path is None:
         return contextlib.nullcontext(sys.stdout)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "w", encoding="utf-8")
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise NmtError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def format_hypotheses(index: int, hyps: list[Hypothesis], n_best: int) -> str:
@@ -245,11 +276,11 @@ def translate_lines(
     lines: Iterable[str],
     out,
     options: dict,
-    progress: bool = False,
+    progress: Progress | None = None,
     chunk: int = 2048,
 ) -> None:
     """Translates lines in chunks (streaming stdin), writing N outputs for N inputs in order."""
-    n_best = options.get("n_best") or translator.cfg.decoding.n_best
+    n_best = translator.decoding_options(**options).n_best
     index, buffer = 0, []
     for line in _chain_end(lines):
         if line is not None:
@@ -260,6 +291,8 @@ def translate_lines(
                 index += 1
             out.flush()
             buffer = []
+    if progress:
+        progress.close()
 
 
 def _chain_end(lines: Iterable[str]):
@@ -269,9 +302,7 @@ def _chain_end(lines: Iterable[str]):
 
 def translate_interactively(translator: Translator, out, options: dict) -> None:
     """A prompt on a terminal: each line typed is translated at once; Ctrl-D ends."""
-    import sys
-
-    n_best = options.get("n_best") or translator.cfg.decoding.n_best
+    n_best = translator.decoding_options(**options).n_best
     index = 0
     while True:
         try:
@@ -279,8 +310,7 @@ def translate_interactively(translator: Translator, out, options: dict) -> None:
         except EOFError:
             print(file=sys.stderr)
             return
-        out.write(
-            format_hypotheses(index, translator.translate_n_best([line], **options)[0], n_best)
-        )
+        hyps = translator.translate_n_best([line], **options)[0]
+        out.write(format_hypotheses(index, hyps, n_best))
         out.flush()
         index += 1

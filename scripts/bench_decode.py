@@ -37,9 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
         "--multi30k-dir",
-        default=os.environ.get(config_lib.MULTI30K_ENV) or "../shared/data/multi30k",
+        default=str(config_lib.default_multi30k_dir()),
         help="folder with test_2016_flickr.en.gz, ... (default: $NMT_MULTI30K_DIR or "
-        "../shared/data/multi30k)",
+        "REPO/../shared/data/multi30k)",
     )
     parser.add_argument("--test", default="test_2016_flickr", help="file stem of the test set")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])

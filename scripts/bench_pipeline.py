@@ -46,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
         "--multi30k-dir",
-        default=os.environ.get(config_lib.MULTI30K_ENV) or "../shared/data/multi30k",
-        help="folder with train.en.gz, ... (default: $NMT_MULTI30K_DIR or ../shared/data/multi30k)",
+        default=str(config_lib.default_multi30k_dir()),
+        help="folder with train.en.gz, ... (default: $NMT_MULTI30K_DIR or "
+        "REPO/../shared/data/multi30k)",
     )
     parser.add_argument("--formats", nargs="+", default=["files", "multi30k"])
     parser.add_argument("--repeats", type=int, default=3, help="timed pipeline passes (median)")

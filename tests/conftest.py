@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -8,8 +7,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def shared_multi30k() -> Path | None:
     """Multi30k from $NMT_MULTI30K_DIR or ../shared/data/multi30k beside the repo, if present."""
-    env = os.environ.get("NMT_MULTI30K_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data" / "multi30k"
+    from nmt.config import default_multi30k_dir
+
+    path = default_multi30k_dir(REPO)
     return path if (path / "train.en.gz").is_file() else None
 
 

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -101,3 +102,106 @@ def test_round_trip_through_yaml(tmp_path):
     cfg.save(tmp_path / "c.yaml")
     assert config.load(tmp_path / "c.yaml") == cfg
     assert dataclasses.asdict(cfg)["model"]["attention"] == "additive"
+
+
+def test_malformed_override_value_names_the_override():
+    with pytest.raises(ConfigError, match=r"bad override 'data.train=\[abc': not valid YAML"):
+        config.load(None, ["data.train=[abc"])
+
+
+def test_string_fields_take_overrides_as_typed():
+    cfg = config.load(None, ["data.test=2016", "data.train=no", "data.validation=~"])
+    assert (cfg.data.test, cfg.data.train, cfg.data.validation) == ("2016", "no", "~")
+    assert config.load(None, ["data.test=1.50"]).data.test == "1.50"
+    assert config.load(None, ["data.test='a b'"]).data.test == "a b"
+
+
+def test_string_field_with_a_non_string_in_a_file_asks_for_quotes(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  test: no\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert str(err.value) == (
+        f"{path}: data.test: expected str, got bool False; quote the value in the YAML file"
+    )
+    assert config.load(path, ["data.test=no"]).data.test == "no"
+
+
+def test_errors_about_the_file_name_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  epochz: 3\n")
+    with pytest.raises(
+        ConfigError, match=f"^{re.escape(str(path))}: unknown key training.epochz; valid keys"
+    ):
+        config.load(path)
+    path.write_text("training:\n  epochs: ten\n")
+    with pytest.raises(
+        ConfigError, match=f"^{re.escape(str(path))}: training.epochs: expected int"
+    ):
+        config.load(path)
+    path.write_text("training:\n  epochs: 0\n")
+    with pytest.raises(
+        ConfigError, match=f"^{re.escape(str(path))}: training.epochs must be at least 1, got 0"
+    ):
+        config.load(path)
+    # What an override set is named without the file.
+    path.write_text("training:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="^training.epochs must be at least 1, got 0$"):
+        config.load(path, ["training.epochs=0"])
+    with pytest.raises(ConfigError, match="^unknown key training.epochz"):
+        config.load(path, ["training.epochz=1"])
+
+
+def test_file_that_is_not_utf8_or_unreadable(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"data:\n  test: \xff\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert str(err.value) == f"{path}: line 2: not UTF-8 text (byte 0xff)"
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(path), "read_text", refuse)
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert str(err.value) == f"{path}: cannot read: Permission denied"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.epochs=0", "training.epochs must be at least 1, got 0"),
+        ("training.steps_per_execution=0", "training.steps_per_execution must be at least 1"),
+        ("training.checkpoint_every=-1", "training.checkpoint_every must be at least 0, got -1"),
+        ("training.learning_rate=-0.1", "training.learning_rate must be at least 0"),
+        ("training.lr_decay_rate=0", "training.lr_decay_rate must be positive, got 0.0"),
+        ("training.shuffle_buffer=0", "training.shuffle_buffer must be at least 1"),
+        ("decoding.max_len_a=-1", "decoding.max_len_a must be at least 0"),
+        ("decoding.length_penalty=.nan", "decoding.length_penalty must be at least 0, got nan"),
+        (
+            "tokenizer.character_coverage=0",
+            r"tokenizer.character_coverage must be in \(0, 1\], got 0.0",
+        ),
+        ("tokenizer.character_coverage=1.5", r"tokenizer.character_coverage must be in \(0, 1\]"),
+    ],
+)
+def test_range_checks(override, message):
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        config.load(None, [override])
+
+
+def test_range_limits_are_accepted():
+    cfg = config.load(
+        None,
+        ["training.epochs=1", "training.checkpoint_every=0", "tokenizer.character_coverage=1"],
+    )
+    assert cfg.training.epochs == 1 and cfg.tokenizer.character_coverage == 1.0
+
+
+def test_default_multi30k_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv(config.MULTI30K_ENV, raising=False)
+    assert config.default_multi30k_dir() == REPO.parent / "shared" / "data" / "multi30k"
+    assert config.default_multi30k_dir(tmp_path / "repo") == tmp_path / "shared/data/multi30k"
+    monkeypatch.setenv(config.MULTI30K_ENV, str(tmp_path / "m"))
+    assert config.default_multi30k_dir() == tmp_path / "m"

@@ -2,6 +2,7 @@
 
 import ast
 import itertools
+import sys
 from pathlib import Path
 
 import keras
@@ -218,17 +219,47 @@ def random_tables(seed: int, sentences: int, steps: int) -> np.ndarray:
     return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
 
 
+def reference_greedy(tables: np.ndarray, limits: list[int], width: int):
+    """Greedy decoding in plain numpy over `random_tables` output, one sentence at a time.
+
+    Returns (ids (sentences, width), log-prob sums, lengths counting EOS).
+    """
+    tables = tables.astype(np.float32)  # what markov_step scores with
+    steps = tables.shape[1]
+    ids, logps, lengths = [], [], []
+    for sent, limit in enumerate(limits):
+        token, out, logp = BOS_ID, [], 0.0
+        for t in range(limit):
+            row = tables[sent, min(t, steps - 1), token]
+            token = int(row.argmax())
+            logp += float(row[token])
+            if token == EOS_ID:
+                break
+            out.append(token)
+        ids.append(out)
+        logps.append(logp)
+        lengths.append(len(out) + (token == EOS_ID))
+    return padded(ids, width), np.array(logps), np.array(lengths)
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_beam_size_one_equals_greedy_on_random_chains(seed):
+def test_greedy_and_beam_size_one_match_reference_greedy_on_random_chains(seed):
     tables = random_tables(seed, sentences=4, steps=7)
     step, state = markov_step(tables), markov_state(range(4))
-    max_len = ops.convert_to_tensor([3, 7, 5, 1], "int32")
-    g_ids, g_scores, g_len = search._greedy(step, state, max_len, BOS_ID, EOS_ID, 7)
+    limits = [3, 7, 5, 1]
+    max_len = ops.convert_to_tensor(limits, "int32")
+    ref_ids, ref_logp, ref_len = reference_greedy(tables, limits, 7)
+    assert (ref_len <= limits).all() and (ref_len < limits).any() and (ref_len == limits).any()
+
+    g_ids, g_scores = greedy_search(step, state, max_len, max_steps=7)
+    np.testing.assert_array_equal(np_(g_ids), ref_ids)
+    np.testing.assert_allclose(np_(g_scores), ref_logp, rtol=1e-5)
     b_ids, b_scores = beam_search(step, state, max_len, 1, length_penalty=0.6, max_steps=7)
-    np.testing.assert_array_equal(np_(b_ids)[:, 0], np_(g_ids))
-    np.testing.assert_allclose(np_(b_scores)[:, 0], np_(g_scores) / lp(np_(g_len), 0.6), rtol=1e-6)
-    # The beam loop itself with one beam also keeps EOS hypotheses that were not the top
-    # token, so it is not greedy, but it can never end up worse than greedy.
+    np.testing.assert_array_equal(np_(b_ids)[:, 0], ref_ids)
+    np.testing.assert_allclose(np_(b_scores)[:, 0], ref_logp / lp(ref_len, 0.6), rtol=1e-5)
+    # beam_search sends beam_size=1 to greedy. The beam loop itself with one beam also
+    # keeps EOS hypotheses that were not the top token, so it is not greedy, but it can
+    # never end up worse than greedy.
     _, m_scores = search._beam_search(step, state, max_len, 1, 0.6, 1, BOS_ID, EOS_ID, 7)
     assert np.all(np_(m_scores)[:, 0] >= np_(b_scores)[:, 0] - 1e-6)
 
@@ -335,15 +366,70 @@ def test_length_penalty_formula():
     )
 
 
-def test_search_module_uses_keras_only():
-    tree = ast.parse(Path(search.__file__).read_text())
-    imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert not imported & {"tensorflow", "jax", "torch", "numpy"}
+# DESIGN.md: model and search code use `keras` and `keras.ops` only (no tensorflow, jax,
+# torch or numpy), so they run under every Keras backend.
+KERAS_ONLY_MODULES = ["search.py", "model.py"]
+
+
+def non_keras_imports(source: str, package: str = "nmt") -> list[str]:
+    """Every module `source` imports that is neither the standard library, public
+    `keras` (not `keras.src`, whose backend packages are backend-specific) nor
+    `nmt.config`; also any `__import__` / `importlib` call, which would hide an import."""
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative to the module's package, e.g. `from .config import X`
+                base = ".".join([package, base]) if base else package
+            names = [f"{base}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Name) and node.id == "__import__":
+            names = ["__import__"]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            if name == "__import__" or top == "importlib":
+                bad.append(name)
+            elif top == "keras":
+                if name.startswith("keras.src"):
+                    bad.append(name)
+            elif top == "nmt":
+                if not (name == "nmt.config" or name.startswith("nmt.config.")):
+                    bad.append(name)
+            elif top not in sys.stdlib_module_names:
+                bad.append(name)
+    return bad
+
+
+def test_non_keras_imports_catches_backend_imports():
+    assert non_keras_imports("import keras\nfrom keras import ops\nfrom typing import Any") == []
+    assert non_keras_imports("from nmt.config import PAD_ID\nfrom .config import EOS_ID") == []
+    for source in [
+        "import tensorflow as tf",
+        "import numpy",
+        "from jax import numpy as jnp",
+        "import torch.nn",
+        "from keras.src.backend.tensorflow import core",
+        "from nmt import pipeline",
+        "from . import pipeline",
+        "if TYPE_CHECKING:\n    import tensorflow",
+        "def f():\n    import jax",
+        "tf = __import__('tensorflow')",
+        "import importlib",
+    ]:
+        assert non_keras_imports(source), source
+
+
+@pytest.mark.parametrize("name", KERAS_ONLY_MODULES)
+def test_module_uses_keras_only(name):
+    source = (Path(search.__file__).parent / name).read_text()
+    imports = [
+        a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names
+    ]
+    assert "keras" in imports  # the real module was read
+    assert non_keras_imports(source) == []
 
 
 def compiled_cases():

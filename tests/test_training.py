@@ -164,7 +164,7 @@ def test_cli_config_errors_are_one_line(tmp_path, capsys, tiny_corpus):
     assert cli.main(["train", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "nmt: error: unknown key training.epochz; valid keys of training: "
+        f"nmt: error: {bad}: unknown key training.epochz; valid keys of training: "
         + ", ".join(training.TrainingConfig.__dataclass_fields__)
     ]
     assert cli.main(["prepare", str(tmp_path / "missing.yaml"), "--run-dir", "x"]) == 2

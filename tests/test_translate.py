@@ -46,7 +46,7 @@ def test_long_input_is_truncated_with_a_warning(translator, caplog):
 
 def test_bad_decoding_options(translator):
     with pytest.raises(cli.NmtError, match="n-best .3. cannot exceed the beam size .2."):
-        translator.translate(["a"], beam_size=2, n_best=3)
+        translator.translate_n_best(["a"], beam_size=2, n_best=3)
 
 
 def _nmt(*args, stdin=None):
@@ -69,6 +69,14 @@ def test_cli_translate_sentence_stdin_and_files(tiny_run, tmp_path, translator):
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 3
     assert result.stdout.splitlines()[1] == ""
 
+    # With --input and no --output, the progress counter goes to stderr, never into stdout.
+    listing = tmp_path / "in.txt"
+    listing.write_text("a dog\n\nthe cat runs\nred\n")
+    result = _nmt("translate", str(tiny_run), "--input", str(listing))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == translator.translate(["a dog", "", "the cat runs", "red"])
+    assert "translated 4/4 sentences" in result.stderr
+
     src = tmp_path / "in.en.gz"
     with gzip.open(src, "wt") as f:
         f.write("a dog\n\nthe cat runs\n")
@@ -90,6 +98,27 @@ def test_cli_translate_sentence_stdin_and_files(tiny_run, tmp_path, translator):
     assert [line.split(" ||| ")[0] for line in lines] == ["0", "0", "1", "1", "2", "2"]
 
 
+def test_cli_translate_rejects_undecodable_stdin(tiny_run):
+    done = subprocess.run(
+        [sys.executable, "-m", "nmt.cli", "translate", str(tiny_run)],
+        cwd=REPO,
+        input=b"a dog\n\xff\xfe bad\n",
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert b"nmt: error: <stdin>:2: not valid UTF-8" in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
+def test_translate_returns_the_best_whatever_the_configured_n_best(translator):
+    translator.cfg.decoding.n_best = 2
+    try:
+        assert len(translator.translate(["a dog", "a cat"], beam_size=1)) == 2
+    finally:
+        translator.cfg.decoding.n_best = 1
+
+
 def test_cli_translate_errors(tmp_path, tiny_run, capsys):
     assert cli.main(["translate", str(tmp_path / "nope"), "x"]) == 2
     assert "run directory not found" in capsys.readouterr().err
@@ -100,6 +129,10 @@ def test_cli_translate_errors(tmp_path, tiny_run, capsys):
     assert "not found" in capsys.readouterr().err
     assert cli.main(["translate", str(tiny_run), "x", "--beam-size", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(["translate", str(tiny_run), "x", "--output", str(blocker / "out")]) == 2
+    assert "cannot write" in capsys.readouterr().err
 
 
 def test_cli_run_dir_without_weights(tmp_path, tiny_run, capsys):
@@ -109,6 +142,9 @@ def test_cli_run_dir_without_weights(tmp_path, tiny_run, capsys):
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.weights.h5"))
     assert cli.main(["translate", str(run), "x"]) == 2
     assert "has no trained model" in capsys.readouterr().err
+    (run / "best.weights.h5").write_bytes(b"not an h5 file")
+    assert cli.main(["translate", str(run), "x"]) == 2
+    assert "cannot load" in capsys.readouterr().err
 
 
 def test_cli_evaluate_files_and_split(tiny_run, tiny_corpus, tmp_path, capsys):
