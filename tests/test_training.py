@@ -175,7 +175,8 @@ def test_cli_missing_corpus_file_is_one_line(tmp_path, capsys):
     path = _write_config(tmp_path, tiny_config(tmp_path / "nowhere"))
     assert cli.main(["prepare", str(path), "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("nmt: error:") and "not found" in err and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("nmt: error: file not found:") and "Traceback" not in err
 
 
 def test_smoke_config_trains_end_to_end(tmp_path, multi30k_dir):
