@@ -28,7 +28,7 @@ import numpy as np
 
 from nmt import config as config_lib
 from nmt.config import PAD_ID, Config, TrainingConfig
-from nmt.errors import ConfigError, NmtError
+from nmt.errors import ConfigError, NmtError, RunDirError
 
 log = logging.getLogger("nmt")
 
@@ -38,6 +38,7 @@ warnings.filterwarnings("ignore", message="Your input ran out of data")
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
+TOKENIZER_SETTINGS = "settings.json"
 STATS_FILE = "data_stats.json"
 CHECKPOINT_DIR = "checkpoint"
 BEST_WEIGHTS = "best.weights.h5"
@@ -89,32 +90,56 @@ def prepare(cfg: Config, run_dir: str | Path) -> dict[str, dict[str, int]]:
     run_dir = Path(run_dir)
     write_config(cfg, run_dir)
     tok_dir = run_dir / TOKENIZER_DIR
-    if not tokenizer.tokenizers_exist(tok_dir):
-        log.info(
-            "training SentencePiece (%s, %d pieces)",
-            cfg.tokenizer.model_type,
-            cfg.tokenizer.vocab_size,
-        )
-        start = time.perf_counter()
-        src = (s for s, _ in corpus.iter_pairs(cfg.data, "train"))
-        tgt = (t for _, t in corpus.iter_pairs(cfg.data, "train"))
-        tokenizer.train_tokenizers(src, tgt, cfg.tokenizer, tok_dir, seed=cfg.training.seed)
-        log.info("SentencePiece trained in %.1f s -> %s", time.perf_counter() - start, tok_dir)
+    _ensure_tokenizers(cfg, tok_dir)
     src_tok, tgt_tok = tokenizer.load_tokenizers(tok_dir)
     stats_path = run_dir / STATS_FILE
-    if stats_path.exists():
-        stats = json.loads(stats_path.read_text())
-        if stats.get("data") == cfg.to_dict()["data"]:
-            return stats["counts"]
-    counts = {}
-    for split in ("train", "validation"):
-        pairs = corpus.load_pairs(cfg.data, split)
-        counts[split] = pipeline.count_filtered(pairs, src_tok, tgt_tok, cfg.data)
-        log.info("%s: %s", split, pipeline.describe_counts(counts[split]))
-        if counts[split]["kept"] == 0:
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    if stats.get("data") == cfg.to_dict()["data"]:
+        counts = stats["counts"]
+    else:
+        counts = {
+            split: pipeline.count_filtered(
+                corpus.load_pairs(cfg.data, split), src_tok, tgt_tok, cfg.data
+            )
+            for split in ("train", "validation")
+        }
+        atomic_write_text(stats_path, json.dumps({"data": cfg.to_dict()["data"], "counts": counts}))
+    for split, split_counts in counts.items():
+        log.info("%s: %s", split, pipeline.describe_counts(split_counts))
+        if split_counts["kept"] == 0:
             raise NmtError(f"no {split} pairs left after filtering; check data.max_*_len")
-    atomic_write_text(stats_path, json.dumps({"data": cfg.to_dict()["data"], "counts": counts}))
     return counts
+
+
+def _ensure_tokenizers(cfg: Config, tok_dir: Path) -> None:
+    """Trains SentencePiece unless models trained with the same settings are there."""
+    from nmt import corpus, tokenizer
+
+    settings = {
+        "tokenizer": cfg.to_dict()["tokenizer"],
+        "seed": cfg.training.seed,
+        **{
+            k: cfg.to_dict()["data"][k]
+            for k in ("format", "tfds_name", "src_lang", "tgt_lang", "train")
+        },
+    }
+    settings_path = tok_dir / TOKENIZER_SETTINGS
+    if tokenizer.tokenizers_exist(tok_dir):
+        if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+            raise ConfigError(
+                f"{tok_dir} holds SentencePiece models trained with other tokenizer or data "
+                "settings; use a new --run-dir (or delete that folder to retrain them)"
+            )
+        return
+    log.info(
+        "training SentencePiece (%s, %d pieces)", cfg.tokenizer.model_type, cfg.tokenizer.vocab_size
+    )
+    start = time.perf_counter()
+    src = (s for s, _ in corpus.iter_pairs(cfg.data, "train"))
+    tgt = (t for _, t in corpus.iter_pairs(cfg.data, "train"))
+    tokenizer.train_tokenizers(src, tgt, cfg.tokenizer, tok_dir, seed=cfg.training.seed)
+    atomic_write_text(settings_path, json.dumps(settings, indent=2))
+    log.info("SentencePiece trained in %.1f s -> %s", time.perf_counter() - start, tok_dir)
 
 
 # --------------------------------------------------------------------------- precision, loss
@@ -175,9 +200,27 @@ def token_mean(y_true, values):
     return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
-def nll(y_true, y_pred):
-    """Metric: unsmoothed token NLL (its exp is the perplexity)."""
-    return token_mean(y_true, smoothed_nll(y_true, y_pred))
+@keras.saving.register_keras_serializable(package="nmt")
+class TokenNLL(keras.metrics.Metric):
+    """Unsmoothed cross-entropy per real target token over all batches (exp: perplexity).
+
+    Sums and counts tokens across batches, so batches of different lengths and sizes weigh
+    by their tokens (a mean of per-batch means would not).
+    """
+
+    def __init__(self, name: str = "nll", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.tokens = self.add_variable(shape=(), initializer="zeros", name="tokens")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        ops = keras.ops
+        mask = ops.cast(ops.not_equal(ops.cast(y_true, "int32"), PAD_ID), "float32")
+        self.total.assign_add(ops.sum(smoothed_nll(y_true, y_pred) * mask))
+        self.tokens.assign_add(ops.sum(mask))
+
+    def result(self):
+        return self.total / keras.ops.maximum(self.tokens, 1.0)
 
 
 def learning_rate(cfg: TrainingConfig):
@@ -201,7 +244,7 @@ def compile_model(model: keras.Model, cfg: TrainingConfig) -> None:
     model.compile(
         optimizer=optimizer,
         loss=MaskedCrossEntropy(cfg.label_smoothing),
-        metrics=[nll],
+        metrics=[TokenNLL()],
         steps_per_execution=cfg.steps_per_execution,
     )
 
@@ -212,9 +255,10 @@ def compile_model(model: keras.Model, cfg: TrainingConfig) -> None:
 class RunKeeper(keras.callbacks.Callback):
     """Checkpoints, metrics.jsonl, best weights, early stopping, the NaN guard and max_steps.
 
-    Checkpoints hold weights and optimizer state (`save_weights` includes the optimizer) and
-    are written to a temporary file then renamed, so a kill at any moment leaves either the
-    old or the new checkpoint, never a torn one.
+    A checkpoint is a weights file named by its step (`save_weights` includes the optimizer
+    state) plus `state.json` naming it. Both are written to temporary files and renamed, the
+    weights first and older weights deleted last, so a kill at any moment leaves a
+    `state.json` that names complete weights of the same step.
     """
 
     def __init__(self, run_dir: Path, cfg: TrainingConfig, state: dict[str, Any], bleu_fn=None):
@@ -222,6 +266,7 @@ class RunKeeper(keras.callbacks.Callback):
         self.run_dir, self.cfg, self.state, self.bleu_fn = run_dir, cfg, state, bleu_fn
         self.diverged_at: int | None = None
         self.epoch = state.get("epoch", 0)
+        self.last_checkpoint = state.get("step", 0)
 
     @property
     def step(self) -> int:
@@ -236,7 +281,11 @@ class RunKeeper(keras.callbacks.Callback):
             self.diverged_at = self.step
             self.model.stop_training = True
             return
-        if self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+        # ">=" rather than "%": with steps_per_execution > 1 Keras reports every few steps.
+        if (
+            self.cfg.checkpoint_every
+            and self.step - self.last_checkpoint >= self.cfg.checkpoint_every
+        ):
             self.save_checkpoint(epoch=self.epoch)
         if self.cfg.max_steps and self.step >= self.cfg.max_steps:
             self.model.stop_training = True
@@ -278,14 +327,23 @@ class RunKeeper(keras.callbacks.Callback):
     def _score(self, record: dict[str, Any]) -> tuple[float, bool]:
         if self.cfg.early_stopping_metric == "bleu" and "val_bleu" in record:
             return record["val_bleu"], True
-        return record.get("val_loss", record.get("loss", math.nan)), False
+        return record.get("val_nll", record.get("val_loss", math.nan)), False
 
     def save_checkpoint(self, epoch: int) -> None:
+        if not all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in self.model.weights):
+            # The loss of the last step was finite but its update was not: keep the old one.
+            log.warning("step %d: weights are not finite; checkpoint not written", self.step)
+            return
         ckpt = self.run_dir / CHECKPOINT_DIR
         ckpt.mkdir(exist_ok=True)
-        self._save_weights(ckpt / "ckpt.weights.h5")
-        self.state.update(epoch=epoch, step=self.step)
+        name = f"ckpt-{self.step}.weights.h5"
+        self._save_weights(ckpt / name)
+        self.state.update(epoch=epoch, step=self.step, weights=name)
         atomic_write_text(ckpt / "state.json", json.dumps(self.state))
+        for old in ckpt.glob("ckpt-*.weights.h5"):
+            if old.name != name:
+                old.unlink()
+        self.last_checkpoint = self.step
 
     def _save_weights(self, path: Path) -> None:
         tmp = path.with_name("tmp." + path.name)  # keeps the .weights.h5 suffix Keras wants
@@ -300,8 +358,20 @@ def load_checkpoint(model: keras.Model, run_dir: Path) -> dict[str, Any]:
         return {}
     state = json.loads((ckpt / "state.json").read_text())
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(ckpt / "ckpt.weights.h5")
+    load_weights(model, ckpt / state["weights"])
     return state
+
+
+def load_weights(model: keras.Model, path: Path) -> None:
+    """Loads weights, turning a missing or truncated file or a mismatch into a RunDirError."""
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunDirError(
+            f"cannot load {path}: {reason} (a missing or truncated file, or weights that do "
+            "not match the run's config.yaml)"
+        ) from None
 
 
 # --------------------------------------------------------------------------- train

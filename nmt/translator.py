@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -58,7 +59,7 @@ class Translator:
         src_tok, tgt_tok = tokenizer.load_tokenizers(run_dir / training.TOKENIZER_DIR)
         weights = _weights_file(run_dir)
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
-        load_weights(model, weights)
+        training.load_weights(model, weights)
         return cls(cfg, model, src_tok, tgt_tok)
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:
@@ -204,18 +205,6 @@ def step_buckets(opts: DecodingConfig) -> list[tuple[int, int]]:
     return [(w, int(opts.max_len_a * w + opts.max_len_b)) for w in widths]
 
 
-def load_weights(model: keras.Model, path: Path) -> None:
-    """Loads weights, turning a truncated file or a config/weights mismatch into a RunDirError."""
-    try:
-        model.load_weights(path)
-    except (ValueError, OSError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunDirError(
-            f"cannot load {path}: {first_line} (a truncated file, or weights that do not match "
-            "the run's config.yaml)"
-        ) from None
-
-
 class Progress:
     """A one-line sentence counter on stderr (stdout carries the translations)."""
 
@@ -241,10 +230,12 @@ def _weights_file(run_dir: Path) -> Path:
     best = run_dir / training.BEST_WEIGHTS
     if best.is_file():
         return best
-    last = run_dir / training.CHECKPOINT_DIR / "ckpt.weights.h5"
-    if last.is_file():
-        log.warning("%s has no best weights yet; using the last checkpoint", run_dir)
-        return last
+    state_file = run_dir / training.CHECKPOINT_DIR / "state.json"
+    if state_file.is_file():
+        last = run_dir / training.CHECKPOINT_DIR / json.loads(state_file.read_text())["weights"]
+        if last.is_file():
+            log.warning("%s has no best weights yet; using the last checkpoint", run_dir)
+            return last
     raise RunDirError(
         f"{run_dir} has no trained model (no {training.BEST_WEIGHTS}); "
         "train it first with 'nmt train'"

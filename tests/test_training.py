@@ -22,12 +22,15 @@ def test_run_directory_is_self_contained(tiny_run):
         "data_stats.json",
         "best.weights.h5",
         "metrics.jsonl",
-        "checkpoint/ckpt.weights.h5",
         "checkpoint/state.json",
         "logs",
     ]:
         assert (tiny_run / name).exists(), name
     assert list((tiny_run / "tokenizer").glob("*.model"))
+    state = json.loads((tiny_run / "checkpoint" / "state.json").read_text())
+    # Exactly the weights state.json names: older checkpoints are deleted once replaced.
+    assert [p.name for p in (tiny_run / "checkpoint").glob("*.h5")] == [state["weights"]]
+    assert state["weights"] == f"ckpt-{state['step']}.weights.h5"
     records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[-1]["val_loss"] < records[0]["val_loss"]
@@ -93,7 +96,8 @@ def test_nan_loss_stops_without_touching_best_weights(tmp_path, tiny_corpus):
     run_dir = tmp_path / "run"
     training.train(tiny_config(tiny_corpus, "training.epochs=1"), run_dir)
     best = _hash(run_dir / "best.weights.h5")
-    ckpt = _hash(run_dir / "checkpoint" / "ckpt.weights.h5")
+    state = (run_dir / "checkpoint" / "state.json").read_text()
+    ckpt = _hash(run_dir / "checkpoint" / json.loads(state)["weights"])
     # An absurd learning rate without clipping drives the weights, then the loss, to Inf/NaN.
     diverging = tiny_config(
         tiny_corpus,
@@ -105,7 +109,8 @@ def test_nan_loss_stops_without_touching_best_weights(tmp_path, tiny_corpus):
     with pytest.raises(training.TrainingDiverged, match="NaN/Inf at step"):
         training.train(diverging, run_dir)
     assert _hash(run_dir / "best.weights.h5") == best
-    assert _hash(run_dir / "checkpoint" / "ckpt.weights.h5") == ckpt
+    assert (run_dir / "checkpoint" / "state.json").read_text() == state
+    assert _hash(run_dir / "checkpoint" / json.loads(state)["weights"]) == ckpt
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
@@ -229,3 +234,27 @@ def test_early_stopping_after_patience(tmp_path, tiny_corpus):
     assert state["stopped_early"] and state["epoch"] == 3
     # Running the same command again does not train any further.
     assert training.train(cfg, tmp_path / "run")["step"] == state["step"]
+
+
+def test_token_nll_weighs_batches_by_their_tokens():
+    rng = np.random.default_rng(0)
+    metric = training.TokenNLL()
+    batches = [
+        (np.array([[4, 5, 6, 0]]), rng.normal(size=(1, 4, 8)).astype("float32")),
+        (np.array([[7, 0, 0, 0], [0, 0, 0, 0]]), rng.normal(size=(2, 4, 8)).astype("float32")),
+    ]
+    per_token = []
+    for y, logits in batches:
+        metric.update_state(y, logits)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        per_token += [-log_probs[b, t, y[b, t]] for b, t in zip(*np.nonzero(y), strict=True)]
+    assert float(metric.result()) == pytest.approx(np.mean(per_token), rel=1e-5)
+
+
+def test_stale_tokenizer_settings_are_refused(tmp_path, tiny_corpus):
+    run_dir = tmp_path / "run"
+    training.prepare(tiny_config(tiny_corpus), run_dir)
+    with pytest.raises(training.ConfigError, match="other tokenizer or data settings"):
+        training.prepare(tiny_config(tiny_corpus, "tokenizer.vocab_size=40"), run_dir)
+    # The same settings reuse the models (and print the cached counts).
+    assert training.prepare(tiny_config(tiny_corpus), run_dir)["train"]["kept"] == 400
