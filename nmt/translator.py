@@ -95,7 +95,7 @@ class Translator:
                 results[i] = hyps
             if progress:
                 progress.update(len(chunk))
-        if progress:
+        if progress and len(order) < len(sentences):
             progress.update(len(sentences) - len(order))  # the empty ones
         return results
 
