@@ -7,8 +7,8 @@
 Loads the run with `Translator.from_run_dir` and translates the 1000 test sentences string to
 string (SentencePiece encoding, length-sorted batches, compiled search, decoding), once per
 beam size with `decoding.batch_size` and `decoding.length_penalty` from the run's config (or
---set). The first pass is the warm-up and is reported on its own: every padded source length
-gets its own compiled search function, so only a pass over the same batches warms them all up.
+--set). The first pass is the warm-up and is reported on its own: every source-width bucket (one per
+doubling) gets its own compiled search, so only a pass over the same batches warms them all up.
 Then `--repeats` timed passes; sentences/s is their median. BLEU and chrF come from
 `nmt.evaluation.score` (sacrebleu, detokenized and cased, signatures recorded) on the last
 pass. Peak memory is the resident set (VmHWM, reset before each beam size's first pass).
