@@ -19,28 +19,27 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench_pipeline import machine, peak_rss_mb, reset_peak_rss, write_json  # noqa: E402
+from bench_pipeline import (  # noqa: E402
+    add_common_args,
+    machine,
+    peak_rss_mb,
+    reset_peak_rss,
+    run_main,
+    write_json,
+)
 
 from nmt import config as config_lib  # noqa: E402
-from nmt.errors import NmtError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="a trained run directory")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument(
-        "--multi30k-dir",
-        default=str(config_lib.default_multi30k_dir()),
-        help="folder with test_2016_flickr.en.gz, ... (default: $NMT_MULTI30K_DIR or "
-        "REPO/../shared/data/multi30k)",
-    )
+    add_common_args(parser)
     parser.add_argument("--test", default="test_2016_flickr", help="file stem of the test set")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per beam size")
@@ -129,7 +128,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NmtError as exc:  # a user mistake: one line, no traceback
-        sys.exit(f"{Path(__file__).name}: error: {exc}")
+    run_main(main, __file__)

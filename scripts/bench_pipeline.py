@@ -40,16 +40,29 @@ from nmt import config as config_lib  # noqa: E402
 from nmt.errors import NmtError  # noqa: E402
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="YAML config (data and tokenizer sections are used)")
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """`--set` overrides and `--multi30k-dir`, shared by the benchmark scripts."""
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument(
         "--multi30k-dir",
         default=str(config_lib.default_multi30k_dir()),
-        help="folder with train.en.gz, ... (default: $NMT_MULTI30K_DIR or "
+        help="folder with the Multi30k .gz files (default: $NMT_MULTI30K_DIR or "
         "REPO/../shared/data/multi30k)",
     )
+
+
+def run_main(main, script: str) -> None:
+    """Runs a benchmark's main; a user mistake (NmtError) exits with one line, no traceback."""
+    try:
+        main()
+    except NmtError as exc:
+        sys.exit(f"{Path(script).name}: error: {exc}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="YAML config (data and tokenizer sections are used)")
+    add_common_args(parser)
     parser.add_argument("--formats", nargs="+", default=["files", "multi30k"])
     parser.add_argument("--repeats", type=int, default=3, help="timed pipeline passes (median)")
     parser.add_argument("--spm-repeats", type=int, default=3, help="SentencePiece trainings")
@@ -221,7 +234,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NmtError as exc:  # a user mistake: one line, no traceback
-        sys.exit(f"{Path(__file__).name}: error: {exc}")
+    run_main(main, __file__)

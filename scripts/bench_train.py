@@ -47,10 +47,16 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench_pipeline import machine, peak_rss_mb, reset_peak_rss, write_json  # noqa: E402
+from bench_pipeline import (  # noqa: E402
+    add_common_args,
+    machine,
+    peak_rss_mb,
+    reset_peak_rss,
+    run_main,
+    write_json,
+)
 
 from nmt import config as config_lib  # noqa: E402
-from nmt.errors import NmtError  # noqa: E402
 
 JOEYNMT_LINE = re.compile(r"joeynmt target tokens/s, median of (\d+) log lines: ([\d.]+)")
 # Multi30k train with the joint 8000-piece unigram tokenizer, EOS not counted: log(src tokens)
@@ -68,13 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["configs/multi30k_en_de.yaml", "configs/multi30k_en_de_attention.yaml"],
     )
     parser.add_argument("--precisions", nargs="+", default=["float32"])
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument(
-        "--multi30k-dir",
-        default=str(config_lib.default_multi30k_dir()),
-        help="folder with train.en.gz, ... (default: $NMT_MULTI30K_DIR or "
-        "REPO/../shared/data/multi30k)",
-    )
+    add_common_args(parser)
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=300, help="timed steps")
     parser.add_argument("--group", type=int, default=10, help="steps per clock reading")
@@ -365,7 +365,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NmtError as exc:  # a user mistake: one line, no traceback
-        sys.exit(f"{Path(__file__).name}: error: {exc}")
+    run_main(main, __file__)
