@@ -64,13 +64,7 @@ def write_config(cfg: Config, run_dir: Path) -> None:
                     "use a new --run-dir or the same settings to resume"
                 )
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, _yaml_dump(cfg))
-
-
-def _yaml_dump(cfg: Config) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    cfg.save(path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

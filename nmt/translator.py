@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from nmt import config as config_lib
 from nmt import search
-from nmt.config import PAD_ID, Config, DecodingConfig
+from nmt.analysis import pad_batch
+from nmt.config import Config, DecodingConfig
 from nmt.errors import NmtError, RunDirError
 
 log = logging.getLogger("nmt")
@@ -131,10 +132,8 @@ class Translator:
         return ids + [config_lib.EOS_ID]
 
     def _decode_batch(self, batch: list[list[int]], opts: DecodingConfig) -> list[list[Hypothesis]]:
-        src_len = math.ceil(max(map(len, batch)) / SRC_PAD_MULTIPLE) * SRC_PAD_MULTIPLE
-        src = np.full((len(batch), src_len), PAD_ID, np.int32)
-        for row, seq in zip(src, batch, strict=True):
-            row[: len(seq)] = seq
+        src = pad_batch(batch, multiple=SRC_PAD_MULTIPLE)
+        src_len = src.shape[1]
         lengths = np.array([len(s) for s in batch], np.float32)
         max_len = (opts.max_len_a * lengths + opts.max_len_b).astype(np.int32)
         max_steps = next(steps for width, steps in step_buckets(opts) if width >= src_len)
