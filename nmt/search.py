@@ -21,10 +21,23 @@ Design, shared by both searches:
   Output ids live in buffers preallocated with PAD, shape (..., max_steps); step t
   writes column t through a `where` on a one-hot column mask. The loop exits early once
   every sentence is finished.
-- Lengths: `max_len` counts output tokens, EOS not included. It is an int or a (batch,)
-  int tensor of per-sentence limits (e.g. `max_len_a * src_len + max_len_b`). A
-  hypothesis that has emitted `max_len` tokens without EOS is finished as it is:
-  its ids have no EOS and its score has no EOS step.
+- PAD and BOS are never emitted: their log-probs are set to -inf after every call of
+  `step_fn`, whatever it returns, because a PAD inside the ids would read as the end of
+  the sentence and BOS is only ever an input. (Not when `bos_id` is also `eos_id`, as in
+  models that start from EOS: that would forbid ending.) The scores are not
+  renormalized: they stay the step function's log-probs of the tokens chosen.
+- Lengths: `max_len` is an int or a (batch,) int tensor of per-sentence limits (e.g.
+  `max_len_a * src_len + max_len_b`): the most search steps, i.e. the most tokens of a
+  hypothesis counting its EOS. So a hypothesis ends in EOS with at most `max_len - 1`
+  tokens before it, or holds `max_len` tokens and no EOS.
+- The length-limit rule (as in JoeyNMT; fairseq instead forces an EOS): a hypothesis
+  still without EOS after `max_len` steps is finished there, as it is. It gets no EOS,
+  neither in its ids nor in its score, and is scored like every other hypothesis: the
+  sum of the log-probs of the steps it took, divided in beam search by the length
+  penalty of its length, where length = steps taken = tokens + 1 for an EOS-ended
+  hypothesis and `max_len` for a cut one. Greedy search and beam search (also
+  `beam_size=1`) follow this one rule, and in beam search cut and EOS-ended
+  hypotheses compete in the same finished set.
 - The output width T is static: `max_steps` (default: `max_len` when it is an int,
   else the largest value of the `max_len` tensor, which needs it to be concrete, i.e.
   outside tf.function / jax.jit; pass `max_steps` there). T does not shrink when every
@@ -94,6 +107,24 @@ def _resolve_limits(max_len: int | Tensor, max_steps: int | None, batch: Any) ->
     return ops.minimum(limits, max_steps), max_steps
 
 
+def _banned_ids(bos_id: int, eos_id: int) -> tuple[int, ...]:
+    """Ids search never emits: PAD and BOS, but never EOS (see the module doc)."""
+    return tuple(sorted({PAD_ID, bos_id} - {eos_id}))
+
+
+def _next_log_probs(
+    step_fn: StepFn, tokens: Tensor, state: State, banned: tuple[int, ...]
+) -> tuple[Tensor, State]:
+    """`step_fn`'s float32 log-probs (n, vocab) with the `banned` ids at -inf, and state."""
+    log_probs, state = step_fn(tokens, state)
+    log_probs = ops.cast(log_probs, "float32")
+    vocab_ids = ops.arange(ops.shape(log_probs)[-1], dtype="int32")
+    is_banned = ops.zeros_like(vocab_ids, dtype="bool")
+    for token in banned:
+        is_banned = ops.logical_or(is_banned, ops.equal(vocab_ids, token))
+    return ops.where(is_banned[None, :], NEG_INF, log_probs), state
+
+
 def _write_column(buffer: Tensor, column_mask: Tensor, values: Tensor) -> Tensor:
     """Writes `values` (...,) into `buffer` (..., T) at the column where the mask is true."""
     return ops.where(column_mask, ops.expand_dims(values, -1), buffer)
@@ -107,13 +138,14 @@ def greedy_search(
     eos_id: int = EOS_ID,
     max_steps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Greedy decoding: the most likely token at every step until EOS or `max_len`.
+    """Greedy decoding: the most likely token (never PAD or BOS) until EOS or `max_len`.
 
     Args:
         step_fn: `(token_ids (batch,), state) -> (log_probs (batch, vocab), state)`.
         state: nested structure of tensors with leading dim batch (the decoder's
             initial state, encoder outputs, masks, ...).
-        max_len: int or (batch,) int tensor: most output tokens, EOS not counted.
+        max_len: int or (batch,) int tensor: most steps, an EOS step included (see
+            the module doc).
         bos_id: token fed at the first step.
         eos_id: token that ends a sentence.
         max_steps: static output width T; defaults to max(max_len) (see module doc).
@@ -139,13 +171,13 @@ def _greedy(
     batch = _batch_size(state)
     limits, steps = _resolve_limits(max_len, max_steps, batch)
     columns = ops.arange(steps, dtype="int32")
+    banned = _banned_ids(bos_id, eos_id)
 
     def cond(t, tokens, state, ids, scores, lengths, finished):
         return ops.logical_and(t < steps, ops.logical_not(ops.all(finished)))
 
     def body(t, tokens, state, ids, scores, lengths, finished):
-        log_probs, state = step_fn(tokens, state)
-        log_probs = ops.cast(log_probs, "float32")
+        log_probs, state = _next_log_probs(step_fn, tokens, state, banned)
         best = ops.cast(ops.argmax(log_probs, axis=-1), "int32")
         best_logp = ops.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
         active = ops.logical_not(finished)
@@ -179,6 +211,7 @@ class _Beam:
     alpha: float  # length penalty strength
     n_best: int
     eos_id: int
+    banned: tuple[int, ...]  # ids never emitted (PAD, BOS)
     limits: Any  # (batch,) int32 per-sentence max_len
     columns: Any  # (T,) int32 column numbers of the id buffers
     row_base: Any  # (batch * K,) int32 first row of each row's sentence
@@ -214,7 +247,8 @@ def beam_search(
     when it reaches `max_len`.
 
     Scores are normalized: log-prob sum / ((5 + len) / 6) ** length_penalty, where len
-    counts the EOS token (a hypothesis truncated at max_len has len = max_len).
+    counts the EOS token; a hypothesis cut at max_len has len = max_len and no EOS step
+    in its sum (the length-limit rule in the module doc).
 
     `beam_size=1` runs `greedy_search` (a single beam cannot keep looking after its only
     hypothesis emitted EOS, so it is greedy by definition): ids are exactly greedy's and
@@ -224,7 +258,8 @@ def beam_search(
         step_fn: `(token_ids (n,), state) -> (log_probs (n, vocab), state)`, n = batch *
             beam_size.
         state: nested structure of tensors with leading dim batch.
-        max_len: int or (batch,) int tensor: most output tokens, EOS not counted.
+        max_len: int or (batch,) int tensor: most steps, an EOS step included (see
+            the module doc).
         beam_size: beams per sentence, >= 1.
         length_penalty: GNMT alpha; 0 ranks by plain log-prob sums.
         n_best: hypotheses returned per sentence, 1 <= n_best <= beam_size.
@@ -273,6 +308,7 @@ def _beam_search(
         alpha=alpha,
         n_best=n_best,
         eos_id=eos_id,
+        banned=_banned_ids(bos_id, eos_id),
         limits=limits,
         columns=ops.arange(steps, dtype="int32"),
         row_base=(ops.arange(rows, dtype="int32") // beam_size) * beam_size,
@@ -322,7 +358,7 @@ def _beam_step(
     done: Tensor,
 ) -> tuple[Any, ...]:
     """One step of beam search: the loop body (shapes in `_beam_search`'s loop_vars)."""
-    log_probs, state = step_fn(tokens, state)
+    log_probs, state = _next_log_probs(step_fn, tokens, state, beam.banned)
     logp, parent, token = _top_extensions(beam, alive_logp, log_probs)
     seq = _extend(beam, alive_seq, parent, token, t)
     finishing = ops.logical_or(ops.equal(token, beam.eos_id), (t + 1 >= beam.limits)[:, None])
@@ -348,13 +384,13 @@ def _top_extensions(beam: _Beam, alive_logp: Tensor, log_probs: Tensor) -> tuple
     Args:
         beam: search constants.
         alive_logp: (batch, K) log-prob sums of the alive beams (-inf for dead ones).
-        log_probs: (batch * K, vocab) next-token log-probs.
+        log_probs: (batch * K, vocab) float32 next-token log-probs.
 
     Returns:
         logp (batch, 2K) float32 sums, parent (batch, 2K) and token (batch, 2K) int32.
     """
     vocab = ops.shape(log_probs)[-1]
-    log_probs = ops.reshape(ops.cast(log_probs, "float32"), (-1, beam.size, vocab))
+    log_probs = ops.reshape(log_probs, (-1, beam.size, vocab))
     total = ops.reshape(alive_logp[:, :, None] + log_probs, (-1, beam.size * vocab))
     # 2K: at most K of them end in EOS (one per parent), so K alive ones always remain.
     logp, index = ops.top_k(total, 2 * beam.size)

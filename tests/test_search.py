@@ -219,49 +219,239 @@ def random_tables(seed: int, sentences: int, steps: int) -> np.ndarray:
     return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
 
 
-def reference_greedy(tables: np.ndarray, limits: list[int], width: int):
-    """Greedy decoding in plain numpy over `random_tables` output, one sentence at a time.
+# Reference implementations. The step function hashes the whole prefix into its state
+# (so every token's log-probs depend on all tokens before it, and gathering the state by
+# parent beam matters) and looks the hash up in a random table where PAD and BOS are
+# often the most likely tokens (so the references must skip them).
+HASH_CODES = 4099  # a prime: the hash of a prefix is (code * 31 + token + 1) % HASH_CODES
+ALLOWED = [tok for tok in range(VOCAB) if tok not in (PAD_ID, BOS_ID)]
 
-    Returns (ids (sentences, width), log-prob sums, lengths counting EOS).
+
+def hash_tables(seed: int) -> np.ndarray:
+    """(HASH_CODES, VOCAB) float32 log-probs, PAD and BOS boosted, EOS lowered."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=2.0, size=(HASH_CODES, VOCAB))
+    logits[:, [PAD_ID, BOS_ID]] += 2.0
+    logits[:, EOS_ID] -= 1.0  # so that some hypotheses run into their length limit
+    logits -= np.log(np.exp(logits).sum(-1, keepdims=True))
+    return logits.astype(np.float32)
+
+
+def next_code(code, token):
+    return (code * 31 + token + 1) % HASH_CODES
+
+
+def hash_step(tables: np.ndarray):
+    flat = ops.convert_to_tensor(tables)
+
+    def step_fn(token_ids, state):
+        code = next_code(state["code"], token_ids)
+        return ops.take(flat, code, axis=0), {"code": code}
+
+    return step_fn
+
+
+def hash_state(sentences: int):
+    """Sentence i starts from code i, so sentences differ."""
+    return {"code": ops.arange(sentences, dtype="int32")}
+
+
+def reference_greedy(tables: np.ndarray, sentence: int, limit: int):
+    """Greedy search in plain Python: (ids, log-prob sum, length counting EOS)."""
+    code, ids, logp = next_code(sentence, BOS_ID), [], np.float32(0.0)
+    for _ in range(limit):
+        token = max(ALLOWED, key=lambda tok: tables[code, tok])
+        logp += tables[code, token]
+        if token == EOS_ID:
+            return ids, logp, len(ids) + 1
+        ids.append(token)
+        code = next_code(code, token)
+    return ids, logp, len(ids)
+
+
+def reference_beam(tables, sentence, limit, beam_size, alpha, n_best):
+    """Beam search as `beam_search` documents it, with lists and without early stop.
+
+    Every step takes the 2K best one-token extensions (never PAD or BOS) of the alive
+    hypotheses; those ending in EOS or reaching `limit` steps are finished, with score
+    sum / lp(steps taken); the K best others stay alive. Sums are float32, added in the
+    same order as in `beam_search`, so that rankings agree exactly.
+
+    Returns:
+        n_best (ids, score) pairs, best first, padded with ([], -inf).
     """
-    tables = tables.astype(np.float32)  # what markov_step scores with
-    steps = tables.shape[1]
-    ids, logps, lengths = [], [], []
-    for sent, limit in enumerate(limits):
-        token, out, logp = BOS_ID, [], 0.0
-        for t in range(limit):
-            row = tables[sent, min(t, steps - 1), token]
-            token = int(row.argmax())
-            logp += float(row[token])
-            if token == EOS_ID:
-                break
-            out.append(token)
-        ids.append(out)
-        logps.append(logp)
-        lengths.append(len(out) + (token == EOS_ID))
-    return padded(ids, width), np.array(logps), np.array(lengths)
+    finished = [([], 0.0)] if limit == 0 else []
+    alive = [([], np.float32(0.0), next_code(sentence, BOS_ID))]
+    for t in range(limit):
+        extensions = [
+            (ids, logp + tables[code, tok], code, tok)
+            for ids, logp, code in alive
+            for tok in ALLOWED
+        ]
+        extensions = sorted(extensions, key=lambda e: -e[1])[: 2 * beam_size]
+        alive = []
+        for ids, logp, code, tok in extensions:
+            if tok == EOS_ID or t + 1 == limit:
+                finished.append((ids + [tok] * (tok != EOS_ID), logp / lp(t + 1, alpha)))
+            elif len(alive) < beam_size:
+                alive.append((ids + [tok], logp, next_code(code, tok)))
+    finished = sorted(finished, key=lambda h: -h[1])[:n_best]
+    return finished + [([], -np.inf)] * (n_best - len(finished))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_greedy_and_beam_size_one_match_reference_greedy_on_random_chains(seed):
-    tables = random_tables(seed, sentences=4, steps=7)
-    step, state = markov_step(tables), markov_state(range(4))
-    limits = [3, 7, 5, 1]
-    max_len = ops.convert_to_tensor(limits, "int32")
-    ref_ids, ref_logp, ref_len = reference_greedy(tables, limits, 7)
-    assert (ref_len <= limits).all() and (ref_len < limits).any() and (ref_len == limits).any()
+def test_hash_tables_make_pad_and_bos_the_most_likely_tokens_often():
+    best = hash_tables(0).argmax(-1)
+    assert np.isin(best, [PAD_ID, BOS_ID]).mean() > 0.3
 
-    g_ids, g_scores = greedy_search(step, state, max_len, max_steps=7)
-    np.testing.assert_array_equal(np_(g_ids), ref_ids)
-    np.testing.assert_allclose(np_(g_scores), ref_logp, rtol=1e-5)
-    b_ids, b_scores = beam_search(step, state, max_len, 1, length_penalty=0.6, max_steps=7)
-    np.testing.assert_array_equal(np_(b_ids)[:, 0], ref_ids)
-    np.testing.assert_allclose(np_(b_scores)[:, 0], ref_logp / lp(ref_len, 0.6), rtol=1e-5)
-    # beam_search sends beam_size=1 to greedy. The beam loop itself with one beam also
-    # keeps EOS hypotheses that were not the top token, so it is not greedy, but it can
-    # never end up worse than greedy.
-    _, m_scores = search._beam_search(step, state, max_len, 1, 0.6, 1, BOS_ID, EOS_ID, 7)
-    assert np.all(np_(m_scores)[:, 0] >= np_(b_scores)[:, 0] - 1e-6)
+
+@pytest.mark.parametrize("seed", range(12))
+def test_greedy_and_beam_size_one_match_reference_greedy(seed):
+    tables, limits = hash_tables(seed), [0, 1, 3, 7, 7, 7]
+    step, state, max_len = hash_step(tables), hash_state(6), ops.convert_to_tensor(limits)
+    refs = [reference_greedy(tables, i, limit) for i, limit in enumerate(limits)]
+    ref_ids = padded([ids for ids, _, _ in refs], 7)
+    ref_logp = np.array([logp for _, logp, _ in refs])
+    ref_len = np.array([length for _, _, length in refs])
+
+    ids, scores = greedy_search(step, state, max_len, max_steps=7)
+    np.testing.assert_array_equal(np_(ids), ref_ids)
+    np.testing.assert_allclose(np_(scores), ref_logp, rtol=1e-5)
+    # beam_size=1 is greedy; what this checks is its scores' length normalization.
+    ids, scores = beam_search(step, state, max_len, 1, length_penalty=0.6, max_steps=7)
+    np.testing.assert_array_equal(np_(ids)[:, 0], ref_ids)
+    np.testing.assert_allclose(np_(scores)[:, 0], ref_logp / lp(ref_len, 0.6), rtol=1e-5)
+
+
+def run_beam_loop(step, state, max_len, beam_size, alpha, n_best, max_steps):
+    """The beam loop, also for beam_size=1, which `beam_search` sends to greedy."""
+    if beam_size > 1:
+        return beam_search(step, state, max_len, beam_size, alpha, n_best, max_steps=max_steps)
+    return search._beam_search(step, state, max_len, 1, alpha, n_best, BOS_ID, EOS_ID, max_steps)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_beam_search_matches_reference_implementation(seed):
+    rng = np.random.default_rng(seed)
+    beam_size = int(rng.integers(1, 6))
+    n_best = int(rng.integers(1, beam_size + 1))
+    alpha = float(rng.choice([0.0, 0.6, 1.5]))
+    limits = [0, 1, 3, 7, int(rng.integers(2, 8))]
+    tables = hash_tables(seed)
+
+    ids, scores = run_beam_loop(
+        hash_step(tables),
+        hash_state(5),
+        ops.convert_to_tensor(limits),
+        beam_size,
+        alpha,
+        n_best,
+        max_steps=7,
+    )
+    for i, limit in enumerate(limits):
+        ref = reference_beam(tables, i, limit, beam_size, alpha, n_best)
+        np.testing.assert_array_equal(np_(ids)[i], padded([h for h, _ in ref], 7), str(i))
+        np.testing.assert_allclose(np_(scores)[i], [s for _, s in ref], rtol=1e-5)
+
+
+def tiny_rnn(seed: int, units: int = 8):
+    """A random tanh RNN step function whose log-probs depend on the whole prefix."""
+    rng = np.random.default_rng(seed)
+    embed = ops.convert_to_tensor(rng.normal(size=(VOCAB, units)).astype(np.float32))
+    recur = ops.convert_to_tensor(rng.normal(scale=0.6, size=(units, units)).astype(np.float32))
+    out = rng.normal(scale=1.5, size=(units, VOCAB)).astype(np.float32)
+
+    def step_fn(token_ids, state):
+        h = ops.tanh(ops.take(embed, token_ids, axis=0) + ops.matmul(state["h"], recur))
+        return ops.log_softmax(ops.matmul(h, out), axis=-1), {"h": h}
+
+    return step_fn
+
+
+def teacher_forced_logp(step_fn, state, targets: list[list[int]]) -> np.ndarray:
+    """Sum of log p(target token | BOS + earlier targets) under `step_fn`, per row.
+
+    Args:
+        step_fn: the step function; nothing is masked here.
+        state: initial state with one row per target.
+        targets: token lists, EOS included where the hypothesis ended with one.
+    """
+    width = max(map(len, targets))
+    grid = np.array([t + [PAD_ID] * (width - len(t)) for t in targets], np.int32)
+    tokens, total = ops.full((len(targets),), BOS_ID, "int32"), np.zeros(len(targets))
+    for t in range(width):
+        log_probs, state = step_fn(tokens, state)
+        step_logp = np_(log_probs)[np.arange(len(targets)), grid[:, t]]
+        total += np.where([t < len(row) for row in targets], step_logp, 0.0)
+        tokens = ops.convert_to_tensor(grid[:, t])
+    return total
+
+
+def returned_hypotheses(ids: np.ndarray, limits: list[int]) -> list[list[int]]:
+    """Each returned hypothesis as its scored steps (batch-major, then n-best order).
+
+    Under the length-limit rule, a hypothesis shorter than its limit ended with EOS;
+    one of exactly `limit` tokens was cut there and has no EOS step.
+    """
+    hyps = []
+    for row, limit in zip(ids.reshape(len(limits), -1, ids.shape[-1]), limits, strict=True):
+        for hyp in row:
+            tokens = [int(tok) for tok in hyp if tok != PAD_ID]
+            hyps.append(tokens + [EOS_ID] * (len(tokens) < limit))
+    return hyps
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scores_equal_teacher_forced_log_prob_under_the_length_penalty(seed):
+    step, alpha, limits = tiny_rnn(seed), 0.8, [2, 4, 6, 6]
+    h0 = np.random.default_rng(seed).normal(size=(4, 8)).astype(np.float32)
+    max_len = ops.convert_to_tensor(limits)
+
+    ids, scores = beam_search(step, {"h": h0}, max_len, 4, alpha, n_best=4)
+    hyps = returned_hypotheses(np_(ids), limits)
+    ended = [h[-1] == EOS_ID for h in hyps]
+    assert any(ended) and not all(ended)  # both EOS-ended and cut hypotheses are checked
+    logp = teacher_forced_logp(step, {"h": np.repeat(h0, 4, axis=0)}, hyps)
+    expected = logp / lp(np.array([len(h) for h in hyps]), alpha)
+    np.testing.assert_allclose(np_(scores).reshape(-1), expected, rtol=1e-5)
+
+    # Greedy follows the same rule, without the length penalty.
+    ids, scores = greedy_search(step, {"h": h0}, max_len)
+    hyps = returned_hypotheses(np_(ids), limits)
+    expected = teacher_forced_logp(step, {"h": h0}, hyps)
+    np.testing.assert_allclose(np_(scores), expected, rtol=1e-5)
+
+
+# PAD and BOS are the most likely tokens at every step; with them excluded the best path
+# is A (0.3), B (0.2), EOS (0.1), and the EOS row never leads anywhere else.
+PAD_BOS_FIRST = chain(
+    {
+        BOS_ID: {PAD_ID: 0.6, A: 0.3, EOS_ID: 0.1},
+        A: {BOS_ID: 0.7, B: 0.2, EOS_ID: 0.1},
+        B: {PAD_ID: 0.5, BOS_ID: 0.4, EOS_ID: 0.1},
+    }
+)
+
+
+def test_pad_and_bos_are_never_emitted():
+    step, state = markov_step(PAD_BOS_FIRST), markov_state([0])
+    ids, scores = greedy_search(step, state, max_len=4)
+    np.testing.assert_array_equal(np_(ids), padded([[A, B]], 4))
+    np.testing.assert_allclose(np_(scores), [np.log(0.3 * 0.2 * 0.1)], rtol=1e-6)
+
+    ids, scores = beam_search(step, state, 4, 3, length_penalty=0.0, n_best=3)
+    hyps = {(): 0.1, (A,): 0.3 * 0.1, (A, B): 0.3 * 0.2 * 0.1}  # all others have FILL
+    np.testing.assert_array_equal(np_(ids)[0], padded([list(h) for h in hyps], 4))
+    np.testing.assert_allclose(np_(scores)[0], np.log(list(hyps.values())), rtol=1e-6)
+
+
+def test_bos_that_is_also_eos_still_ends_hypotheses():
+    # Models that start from EOS: masking BOS must not forbid ending.
+    table = chain({EOS_ID: {PAD_ID: 0.5, A: 0.4, EOS_ID: 0.1}, A: {EOS_ID: 0.9, A: 0.1}})
+    step, state = markov_step(table), markov_state([0])
+    ids, _ = greedy_search(step, state, 5, bos_id=EOS_ID)
+    np.testing.assert_array_equal(np_(ids), padded([[A]], 5))
+    ids, _ = beam_search(step, state, 5, 2, bos_id=EOS_ID)
+    np.testing.assert_array_equal(np_(ids)[0], padded([[A]], 5))
 
 
 def test_batch_gives_the_same_results_as_one_sentence_at_a_time():
