@@ -13,18 +13,16 @@ Empty lines are passed through: the pipeline filters and counts them.
 
 from __future__ import annotations
 
-import gzip
-import itertools
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import tensorflow as tf
 
 from nmt import config as config_lib
 from nmt.config import DataConfig
 from nmt.errors import DataError
+from nmt.textio import is_gzip, iter_aligned, mismatch_error, read_lines
 
 SPLITS = ("train", "validation", "test")
 
@@ -41,102 +39,6 @@ def split_name(data_cfg: DataConfig, split: str) -> str:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of " + ", ".join(SPLITS))
     return getattr(data_cfg, split)
-
-
-def read_lines(path: str | Path) -> Iterator[str]:
-    """Streams the lines of a UTF-8 text file, gzip-compressed when its name ends in .gz.
-
-    Lines are split on "\\n" only and carriage returns are dropped, exactly as
-    `tf.data.TextLineDataset` does, so `iter_pairs` and `load_pairs` agree.
-
-    Args:
-        path: The file.
-
-    Returns:
-        An iterator over the lines, without their line terminator; the file is opened on
-        the first `next()` and read a buffer at a time.
-
-    Raises:
-        DataError: At once if the file is missing; while iterating if it is not valid gzip
-            or not valid UTF-8 (naming the 1-based line number).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    return _stream_lines(path)
-
-
-def _stream_lines(path: Path) -> Iterator[str]:
-    opener = gzip.open if _is_gzip(path) else open
-    number = 0
-    try:
-        with opener(path, "rb") as stream:
-            for number, line in enumerate(decode_lines(stream, path), 1):  # noqa: B007 (used below)
-                yield line
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}:{number + 1}: corrupt gzip data ({exc})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
-def decode_lines(stream: IO[bytes], name: str | Path) -> Iterator[str]:
-    """Decodes a binary stream (a file, stdin's buffer) line by line as UTF-8.
-
-    Raises:
-        DataError: naming `name` and the 1-based line number of an undecodable line.
-    """
-    # Binary iteration splits on b"\n" only (text mode would also split on "\r").
-    for number, raw in enumerate(stream, 1):
-        yield _decode(raw, name, number)
-
-
-def _decode(raw: bytes, path: str | Path, number: int) -> str:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}:{number}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column "
-            f"{exc.start + 1})"
-        ) from None
-    if line.endswith("\n"):
-        line = line[:-1]
-    # tf.data.TextLineDataset drops every "\r"; doing the same keeps both readers equal.
-    return line.replace("\r", "") if "\r" in line else line
-
-
-def _is_gzip(path: Path) -> bool:
-    return path.suffix == ".gz"
-
-
-def iter_aligned(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
-    """Streams the line pairs of two aligned text files.
-
-    Raises:
-        DataError: At once if a file is missing; while iterating if one is unreadable, or
-            when the shorter file ends, naming both files and both line counts (pairs are
-            never silently truncated).
-    """
-    src_lines, tgt_lines = read_lines(src_path), read_lines(tgt_path)
-    return _zip_strict(src_lines, tgt_lines, src_path, tgt_path)
-
-
-def _zip_strict(
-    src_lines: Iterator[str], tgt_lines: Iterator[str], src_path: Any, tgt_path: Any
-) -> Iterator[tuple[str, str]]:
-    for count, (src, tgt) in enumerate(itertools.zip_longest(src_lines, tgt_lines)):
-        if src is None or tgt is None:
-            # One more line was read from the longer file; count the rest of it too.
-            longer = count + 1 + sum(1 for _ in (tgt_lines if src is None else src_lines))
-            counts = (count, longer) if src is None else (longer, count)
-            raise _mismatch(src_path, counts[0], tgt_path, counts[1])
-        yield src, tgt
-
-
-def _mismatch(src_path: Any, src_count: int, tgt_path: Any, tgt_count: int) -> DataError:
-    return DataError(
-        f"parallel files differ in length: {src_path} has {src_count} lines, "
-        f"{tgt_path} has {tgt_count} lines"
-    )
 
 
 def iter_tsv(path: str | Path) -> Iterator[tuple[str, str]]:
@@ -232,7 +134,7 @@ def load_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
 
 def _text_lines(path: Path) -> tf.data.Dataset:
     return tf.data.TextLineDataset(
-        str(path), compression_type="GZIP" if _is_gzip(path) else "", buffer_size=1 << 20
+        str(path), compression_type="GZIP" if is_gzip(path) else "", buffer_size=1 << 20
     )
 
 
@@ -244,7 +146,7 @@ def _split_tab(line: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 def _validate_aligned(src_path: Path, tgt_path: Path) -> None:
     src_count, tgt_count = _validate(src_path, "text"), _validate(tgt_path, "text")
     if src_count != tgt_count:
-        raise _mismatch(src_path, src_count, tgt_path, tgt_count)
+        raise mismatch_error(src_path, src_count, tgt_path, tgt_count)
 
 
 def _validate(path: Path, kind: str) -> int:

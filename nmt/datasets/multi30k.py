@@ -21,7 +21,7 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from nmt.config import MULTI30K_ENV
-from nmt.corpus import iter_aligned
+from nmt.textio import iter_aligned
 from nmt.errors import DataError
 
 LANGUAGES = ("en", "de", "fr", "cs")
