@@ -21,8 +21,8 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from nmt.config import MULTI30K_ENV
-from nmt.textio import iter_aligned
 from nmt.errors import DataError
+from nmt.textio import iter_aligned
 
 LANGUAGES = ("en", "de", "fr", "cs")
 BASE_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/"
