@@ -5,7 +5,8 @@
     nmt translate | evaluate ...
     nmt export RUN_DIR [OUT_DIR] [--beam-size K] [--length-penalty A] [--force]
 
-User mistakes (`NmtError`) print one line on stderr and exit with status 2.
+Options and positional arguments may come in any order after the command. User mistakes
+(`NmtError`) print one line on stderr and exit with status 2.
 """
 
 from __future__ import annotations
@@ -24,6 +25,28 @@ from nmt.errors import NmtError  # noqa: E402
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand parser that takes options and positionals in any order.
+
+    Plain argparse matches positionals in runs: in `translate RUN --beam-size 5 TEXT` it fills
+    RUN and the optional SENTENCE before the option, and TEXT is left over. Intermixed
+    parsing collects the options first. The subparsers action calls `parse_known_args`, so
+    that is where it goes; `parse_known_intermixed_args` itself calls `parse_known_args`
+    (Python < 3.13), which the flag sends to the plain version.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -79,29 +102,43 @@ def _decoding_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from nmt import corpus
-    from nmt import translator as translator_lib
+    from nmt import console
+    from nmt.translator import Translator
 
     if args.sentence is not None and args.input:
         raise NmtError("give either a SENTENCE or --input FILE, not both")
-    translator = translator_lib.Translator.from_run_dir(args.run_dir)
+    translator = Translator.from_run_dir(args.run_dir)
     options = {**_decoding_kwargs(args), "n_best": args.n_best}
     translator.decoding_options(**options)  # reject bad options before reading input
-    progress = None
-    if args.sentence is not None:
-        lines, interactive = [args.sentence], False
-    elif args.input:
-        lines, interactive = list(corpus.read_lines(args.input)), False
-        progress = translator_lib.Progress(len(lines))
-    else:
-        interactive = sys.stdin.isatty()
-        lines = corpus.decode_lines(sys.stdin.buffer, "<stdin>")
-    with translator_lib.open_output(args.output) as out:
-        if interactive:
-            translator_lib.translate_interactively(translator, out, options)
+    lines, progress = _translation_input(args)
+    with console.open_output(args.output) as out:
+        if lines is None:
+            console.translate_interactively(translator, out, options)
         else:
-            translator_lib.translate_lines(translator, lines, out, options, progress)
+            console.translate_lines(translator, lines, out, options, progress)
     return 0
+
+
+def _translation_input(args: argparse.Namespace):
+    """`(lines, progress)` for `nmt translate`; lines is None for a prompt on a terminal."""
+    from nmt import console, textio
+
+    if args.sentence is not None:
+        try:
+            args.sentence.encode("utf-8")  # undecodable argv bytes arrive as lone surrogates
+        except UnicodeEncodeError:
+            raise NmtError("SENTENCE is not valid UTF-8") from None
+        return [args.sentence], None
+    if args.input:
+        # A first pass counts the lines for the progress total and decodes them all, so bad
+        # bytes stop the command before any output is written; the second pass streams.
+        total = textio.count_lines(args.input)
+        return textio.read_lines(args.input), console.Progress(total)
+    if sys.stdin is None:
+        raise NmtError("stdin is closed; give a SENTENCE or --input FILE")
+    if sys.stdin.isatty():
+        return None, None
+    return textio.decode_lines(sys.stdin.buffer, "<stdin>"), None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -155,7 +192,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nmt", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_IntermixedParser
+    )
     p = sub.add_parser("prepare", help="train SentencePiece and count filtered data")
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)
@@ -195,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, help="GNMT alpha; default: config")
     p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     p.set_defaults(func=cmd_export)
+    for command_parser in sub.choices.values():
+        # -v after the command too; SUPPRESS keeps a -v given before it.
+        command_parser.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS
+        )
     return parser
 
 

@@ -81,7 +81,7 @@ def load_data(
     Returns:
         (sources, references, name), name labelling the output files (e.g. "test").
     """
-    from nmt import corpus
+    from nmt import corpus, textio
 
     if split and (src or ref):
         raise DataError("give either --split or --src/--ref, not both")
@@ -90,7 +90,7 @@ def load_data(
         return [s for s, _ in pairs], [t for _, t in pairs], split
     if not (src and ref):
         raise DataError("give --src FILE and --ref FILE, or --split NAME")
-    srcs, refs = list(corpus.read_lines(src)), list(corpus.read_lines(ref))
+    srcs, refs = list(textio.read_lines(src)), list(textio.read_lines(ref))
     if len(srcs) != len(refs):
         raise DataError(f"{src} has {len(srcs)} lines but {ref} has {len(refs)}")
     name = Path(src).name.removesuffix(".gz")
@@ -108,7 +108,7 @@ def evaluate(
     """
     opts = translator.decoding_options(**decoding)
     start = time.perf_counter()
-    from nmt.translator import Progress
+    from nmt.console import Progress
 
     progress = Progress(len(srcs))
     hyps = translator.translate(srcs, **decoding, progress=progress)

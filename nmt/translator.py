@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 import keras
 import numpy as np
@@ -29,11 +28,19 @@ SRC_PAD_MULTIPLE = 8
 Hypothesis = tuple[str, float]
 
 
+class Counter(Protocol):
+    """Where `translate_n_best` reports sentences done, e.g. `nmt.console.Progress`."""
+
+    def update(self, n: int) -> None: ...
+
+
 class Translator:
     """Translates lists of strings with a model, its tokenizers and decoding settings.
 
     Batches are sorted by length (less padding, faster) and results come back in input order.
-    Empty or whitespace-only inputs give empty outputs without running the model.
+    Inputs that are empty, whitespace-only or encode to no ids at all (e.g. only control
+    characters, which SentencePiece normalizes away) give empty outputs without running the
+    model: a decoder fed nothing but EOS would only make up a sentence.
     """
 
     def __init__(self, cfg: Config, model: keras.Model, src_tok, tgt_tok):
@@ -75,17 +82,20 @@ class Translator:
         n_best: int | None = None,
         length_penalty: float | None = None,
         batch_size: int | None = None,
-        progress: Progress | None = None,
+        progress: Counter | None = None,
+        offset: int = 0,
     ) -> list[list[Hypothesis]]:
         """n-best translations with their normalized scores, best first, in input order.
 
         Args:
             sentences: source strings; empty ones give `[("", 0.0)] * n_best`.
             beam_size, n_best, length_penalty, batch_size: override `cfg.decoding`.
-            progress: counts the sentences done (on stderr).
+            progress: counts the sentences done.
+            offset: how many inputs came before `sentences[0]` when they are one chunk of a
+                longer stream, so that warnings name the input's number in the whole stream.
         """
         opts = self.decoding_options(beam_size, n_best, length_penalty, batch_size)
-        ids = [self._encode_source(s, i) for i, s in enumerate(sentences)]
+        ids = [self._encode_source(s, offset + i) for i, s in enumerate(sentences)]
         results: list[list[Hypothesis]] = [[("", 0.0)] * opts.n_best for _ in sentences]
         order = sorted((i for i, x in enumerate(ids) if x), key=lambda i: len(ids[i]))
         for start in range(0, len(order), opts.batch_size):
@@ -120,6 +130,8 @@ class Translator:
         if not sentence.strip():
             return []
         ids = self.src_tok.encode(sentence)
+        if not ids:
+            return []
         limit = self.cfg.decoding.max_input_len
         if len(ids) > limit:
             log.warning(
@@ -204,25 +216,6 @@ def step_buckets(opts: DecodingConfig) -> list[tuple[int, int]]:
     return [(w, int(opts.max_len_a * w + opts.max_len_b)) for w in widths]
 
 
-class Progress:
-    """A one-line sentence counter on stderr (stdout carries the translations)."""
-
-    def __init__(self, total: int | None = None, label: str = "translated"):
-        self.total, self.label, self.done = total, label, 0
-        self.start = time.perf_counter()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        of = f"/{self.total}" if self.total is not None else ""
-        sys.stderr.write(f"\r{self.label} {self.done}{of} sentences ({rate:.1f}/s)")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.done:
-            sys.stderr.write("\n")
-
-
 def _weights_file(run_dir: Path) -> Path:
     from nmt import training
 
@@ -239,68 +232,3 @@ def _weights_file(run_dir: Path) -> Path:
         f"{run_dir} has no trained model (no {training.BEST_WEIGHTS}); "
         "train it first with 'nmt train'"
     )
-
-
-def open_output(path: str | None):
-    """The output file (UTF-8, parent folders made) or stdout, as a context manager."""
-    import contextlib
-
-    if path is None:
-        return contextlib.nullcontext(sys.stdout)
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise NmtError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def format_hypotheses(index: int, hyps: list[Hypothesis], n_best: int) -> str:
-    """One line per input; with n_best > 1, Moses-style 'INDEX ||| TEXT ||| SCORE' lines."""
-    if n_best == 1:
-        return hyps[0][0] + "\n"
-    return "".join(f"{index} ||| {text} ||| {score:.4f}\n" for text, score in hyps)
-
-
-def translate_lines(
-    translator: Translator,
-    lines: Iterable[str],
-    out,
-    options: dict,
-    progress: Progress | None = None,
-    chunk: int = 2048,
-) -> None:
-    """Translates lines in chunks (streaming stdin), writing N outputs for N inputs in order."""
-    n_best = translator.decoding_options(**options).n_best
-    index, buffer = 0, []
-    for line in _chain_end(lines):
-        if line is not None:
-            buffer.append(line.rstrip("\r\n"))
-        if buffer and (line is None or len(buffer) >= chunk):
-            for hyps in translator.translate_n_best(buffer, **options, progress=progress):
-                out.write(format_hypotheses(index, hyps, n_best))
-                index += 1
-            out.flush()
-            buffer = []
-    if progress:
-        progress.close()
-
-
-def _chain_end(lines: Iterable[str]):
-    yield from lines
-    yield None
-
-
-def translate_interactively(translator: Translator, out, options: dict) -> None:
-    """A prompt on a terminal: each line typed is translated at once; Ctrl-D ends."""
-    n_best = translator.decoding_options(**options).n_best
-    index = 0
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            print(file=sys.stderr)
-            return
-        hyps = translator.translate_n_best([line], **options)[0]
-        out.write(format_hypotheses(index, hyps, n_best))
-        out.flush()
-        index += 1

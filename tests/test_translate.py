@@ -27,6 +27,15 @@ def test_translations_keep_input_order_and_empty_lines(translator):
     assert batched == one_by_one
 
 
+def test_input_that_encodes_to_no_ids_gives_an_empty_translation(translator):
+    # SentencePiece normalizes control characters and zero-width spaces away.
+    nothing = ["\x01\x02", "\u200b", "\x7f\x1f"]
+    assert all(translator.src_tok.encode(s) == [] for s in nothing)
+    assert translator.translate([*nothing, "a dog"], beam_size=2)[:3] == ["", "", ""]
+    for hyps in translator.translate_n_best(nothing, beam_size=2, n_best=2):
+        assert hyps == [("", 0.0), ("", 0.0)]
+
+
 def test_beam_1_equals_greedy_and_n_best_is_sorted(translator):
     sentences = ["a man runs on the street", "the small cat sits"]
     greedy = translator.translate(sentences, beam_size=1)
