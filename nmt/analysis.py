@@ -1,5 +1,5 @@
 """Small helpers for the exploration notebooks: corpus statistics, corpus subsets, metrics,
-PCA, id batches for a model and heatmaps.
+PCA, context vectors, attention maps and heatmaps.
 
 Nothing here trains or translates; the notebooks do that through `nmt.training` and
 `nmt.translator`. Only numpy is imported at module level; a heatmap takes a matplotlib
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nmt.config import BOS_ID, EOS_ID, PAD_ID, default_multi30k_dir
+from nmt.config import BOS_ID, EOS_ID, default_multi30k_dir
 from nmt.errors import DataError, RunDirError
 
 # Stems of the Multi30k files (train.en.gz, val.en.gz, test_2016_flickr.en.gz), by config key
@@ -169,7 +169,7 @@ def read_metrics(path: str | Path) -> dict[str, list[float]]:
     Raises:
         RunDirError: The file is missing.
     """
-    from nmt.training import METRICS_FILE
+    from nmt.rundir import METRICS_FILE
 
     path = Path(path)
     if path.is_dir():
@@ -202,19 +202,6 @@ def pieces(tokenizer: Any, ids: Iterable[int]) -> list[str]:
     return [tokenizer.id_to_piece(int(i)) for i in ids]
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], multiple: int = 1) -> np.ndarray:
-    """Right-pads id lists with PAD into an int32 `(batch, len)` array.
-
-    `len` is the longest sequence rounded up to a multiple of `multiple` (at least 1).
-    """
-    longest = max((len(s) for s in sequences), default=0)
-    length = max(1, math.ceil(longest / multiple) * multiple)
-    batch = np.full((len(sequences), length), PAD_ID, dtype=np.int32)
-    for row, seq in zip(batch, sequences, strict=True):
-        row[: len(seq)] = seq
-    return batch
-
-
 def context_vectors(
     model: Any, tokenizer: Any, sentences: Sequence[str], batch_size: int = 64
 ) -> np.ndarray:
@@ -229,6 +216,8 @@ def context_vectors(
     Returns:
         float32 `(len(sentences), enc_dim)`, in input order.
     """
+    from nmt.translator import pad_batch
+
     chunks = []
     for start in range(0, len(sentences), batch_size):
         chunk = [source_ids(tokenizer, s) for s in sentences[start : start + batch_size]]
@@ -257,6 +246,8 @@ def attention_map(
     Raises:
         ValueError: The model has no attention.
     """
+    from nmt.translator import pad_batch
+
     src_ids = source_ids(src_tok, src)
     tgt_in, tgt_out = decoder_ids(tgt_tok, tgt)
     weights = model.attention_weights(pad_batch([src_ids]), pad_batch([tgt_in]))

@@ -21,6 +21,10 @@ from nmt.errors import ConfigError
 
 MULTI30K_ENV = "NMT_MULTI30K_DIR"
 
+# The layout of configs and run directories this nmt writes; a newer one is refused, not
+# misread. Bump it when a change would make an older nmt misunderstand a run directory.
+FORMAT_KEY, FORMAT_VERSION = "format_version", 1
+
 # Special token ids shared by the tokenizer, the data pipeline, the model and search.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -148,12 +152,9 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        """Writes the config as YAML, atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        os.replace(tmp, path)
+    def to_yaml(self) -> str:
+        """The config as YAML, with the format version that `from_dict` checks."""
+        return yaml.safe_dump({FORMAT_KEY: FORMAT_VERSION, **self.to_dict()}, sort_keys=False)
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -267,6 +268,7 @@ def from_dict(raw: dict[str, Any], source: str | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a mapping of sections")
     prefix = _source_prefix(raw, source)
+    raw = _check_format(raw, prefix)
     sections = _field_types(Config)
     unknown = sorted(set(raw) - set(sections), key=str)
     if unknown:
@@ -279,6 +281,20 @@ def from_dict(raw: dict[str, Any], source: str | None = None) -> Config:
     )
     _check_values(cfg, prefix)
     return cfg
+
+
+def _check_format(raw: dict[str, Any], prefix: Prefix) -> dict[str, Any]:
+    """Removes the format version from `raw`, refusing one newer than this nmt reads."""
+    raw = dict(raw)
+    version = raw.pop(FORMAT_KEY, FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConfigError(f"{prefix(FORMAT_KEY)}{FORMAT_KEY} must be a positive integer")
+    if version > FORMAT_VERSION:
+        raise ConfigError(
+            f"{prefix(FORMAT_KEY)}written by a newer nmt ({FORMAT_KEY} {version}; this nmt "
+            f"reads up to {FORMAT_VERSION}): upgrade nmt to use it"
+        )
+    return raw
 
 
 # Predicates of _check_values, by the words its messages use.

@@ -133,3 +133,29 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str) -> None:
     (out_dir / f"{name}.hyp").write_text("".join(h + "\n" for h in report["hypotheses"]))
     summary = {k: v for k, v in report.items() if k != "hypotheses"}
     (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def validation_bleu(cfg, run_dir: str | Path):
+    """A `train(validation_score=...)` function: greedy BLEU on the validation split.
+
+    Decodes the first `training.bleu_max_sentences` validation pairs (0: all) with the
+    model being trained, its tokenizers read from `run_dir` at the first call (training
+    writes them before the first epoch ends).
+    """
+    import itertools
+
+    from nmt import corpus, rundir, tokenizer
+    from nmt.translator import Translator
+
+    limit = cfg.training.bleu_max_sentences or None
+    pairs = list(itertools.islice(corpus.iter_pairs(cfg.data, "validation"), limit))
+    srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
+    translators: dict[int, Translator] = {}  # one per model, so the search compiles once
+
+    def bleu(model) -> float:
+        if id(model) not in translators:
+            toks = tokenizer.load_tokenizers(rundir.RunDir(run_dir).tokenizer)
+            translators[id(model)] = Translator(cfg, model, *toks)
+        return score(translators[id(model)].translate(srcs, beam_size=1), refs)["bleu"]
+
+    return bleu

@@ -15,10 +15,11 @@ needs only TensorFlow and `import tensorflow_text` (which registers the Sentence
     model = tf.saved_model.load("OUT_DIR")
     model.signatures["serving_default"](sentences=tf.constant(["A man is running."]))
 
-A batch is decoded the way the `Translator` decodes one of its batches: sources are
-SentencePiece ids truncated to `decoding.max_input_len` plus EOS, sorted by length, padded
-to a multiple of 8; each sentence may produce `max_len_a * src_len + max_len_b` tokens;
-empty or whitespace-only sentences give empty strings without reaching the model. The graph
+A batch goes through the `Translator`'s own decoding path (`Translator.search`, its output
+limits and its bucket choice); only tokenization runs in-graph here instead of in Python,
+with the Translator's rules: SentencePiece ids truncated to `decoding.max_input_len` plus
+EOS, sorted by length, padded to a multiple of 8; sentences that encode to no ids (empty,
+whitespace, control characters) give empty strings without reaching the model. The graph
 does not split a request into `decoding.batch_size` chunks: callers choose their batch size.
 
 The decoding settings baked into the graph are written to `OUT_DIR/nmt_export.json`.
@@ -30,10 +31,10 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -41,18 +42,12 @@ import tensorflow as tf
 
 from nmt.config import EOS_ID, PAD_ID, DecodingConfig
 from nmt.errors import NmtError
-from nmt.translator import SRC_PAD_MULTIPLE, Translator, step_buckets
+from nmt.translator import SRC_PAD_MULTIPLE, Translator, bucket_index, step_buckets
 
 log = logging.getLogger("nmt")
 
 ENDPOINT = "translate"
 SETTINGS_FILE = "nmt_export.json"
-
-# Exactly the characters Python's str.isspace() accepts, as an RE2 class: the Translator
-# skips a sentence when `not sentence.strip()`, and RE2's \s knows ASCII whitespace only.
-_BLANK_PATTERN = (
-    "[" + "".join(f"\\x{{{c:x}}}" for c in range(sys.maxunicode + 1) if chr(c).isspace()) + "]*"
-)
 
 
 def _round_up(n: tf.Tensor, multiple: int) -> tf.Tensor:
@@ -60,8 +55,11 @@ def _round_up(n: tf.Tensor, multiple: int) -> tf.Tensor:
 
 
 def _source_ids(translator: Translator, sentences: tf.Tensor, limit: int) -> tf.RaggedTensor:
-    """SentencePiece ids `(n, (len))` int32, truncated to `limit`, with EOS appended."""
-    ids = translator.src_tok.tokenize(sentences)[:, :limit]
+    """SentencePiece ids `(n, (len))` int32, truncated to `limit` (EOS not yet appended)."""
+    return translator.src_tok.tokenize(sentences)[:, :limit]
+
+
+def _with_eos(ids: tf.RaggedTensor) -> tf.RaggedTensor:
     eos = tf.fill(tf.stack([ids.nrows(), 1]), tf.constant(EOS_ID, tf.int32))
     return tf.concat([ids, tf.RaggedTensor.from_tensor(eos)], axis=1)
 
@@ -69,24 +67,20 @@ def _source_ids(translator: Translator, sentences: tf.Tensor, limit: int) -> tf.
 def _decode(
     translator: Translator, src_ids: tf.RaggedTensor, opts: DecodingConfig
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Beam search over length-sorted sources, as `Translator._decode_batch` does.
+    """`Translator.search` over one padded batch, in the bucket the Translator would pick.
 
     Returns:
         ids `(n, T)` int32 of the best hypotheses (PAD after the end), scores `(n,)`.
     """
-    lengths = tf.cast(src_ids.row_lengths(), tf.int32)
-    width = _round_up(tf.maximum(tf.reduce_max(lengths), 1), SRC_PAD_MULTIPLE)
-    src = src_ids.to_tensor(PAD_ID, shape=tf.stack([tf.shape(lengths)[0], width]))
-    # float32 arithmetic and truncation, exactly as the Translator computes it with numpy.
-    max_len = tf.cast(tf.cast(lengths, tf.float32) * opts.max_len_a + opts.max_len_b, tf.int32)
-    buckets = step_buckets(opts)
-    bucket = tf.reduce_sum(tf.cast(width > tf.constant([w for w, _ in buckets]), tf.int32))
+    src_len = tf.cast(src_ids.row_lengths(), tf.int32)
+    width = _round_up(tf.maximum(tf.reduce_max(src_len), 1), SRC_PAD_MULTIPLE)
+    src = src_ids.to_tensor(PAD_ID, shape=tf.stack([tf.shape(src_len)[0], width]))
 
     def search(max_steps: int) -> Callable[[], tuple[tf.Tensor, tf.Tensor]]:
-        alpha = opts.length_penalty
-        return lambda: translator.search(src, max_len, opts.beam_size, 1, alpha, max_steps)
+        return lambda: translator.search(src, src_len, opts, max_steps)
 
-    ids, scores = tf.switch_case(bucket, [search(steps) for _, steps in buckets])
+    branches = [search(steps) for _, steps in step_buckets(opts)]
+    ids, scores = tf.switch_case(bucket_index(width, opts), branches)
     return ids[:, 0], scores[:, 0]
 
 
@@ -99,11 +93,14 @@ def make_translate_fn(
         translator: the loaded run (model and tokenizers).
         opts: decoding settings (`n_best` is ignored: one translation per sentence).
     """
+    opts = replace(opts, n_best=1)
 
     def translate(sentences: tf.Tensor) -> dict[str, tf.Tensor]:
         batch = tf.shape(sentences, out_type=tf.int64)[:1]
-        keep = tf.where(tf.logical_not(tf.strings.regex_full_match(sentences, _BLANK_PATTERN)))
-        src_ids = _source_ids(translator, tf.gather_nd(sentences, keep), opts.max_input_len)
+        ids = _source_ids(translator, sentences, opts.max_input_len)
+        # The Translator's rule: a sentence that encodes to no ids is not translated.
+        keep = tf.where(ids.row_lengths() > 0)
+        src_ids = _with_eos(tf.gather(ids, keep[:, 0]))
         # The Translator's batch order (stable sort by length): same rows, same arithmetic.
         order = tf.argsort(src_ids.row_lengths(), stable=True)
         ids, scores = _decode(translator, tf.gather(src_ids, order), opts)

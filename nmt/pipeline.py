@@ -21,17 +21,19 @@ Batch sizes: `training.batch_size` sentences per batch, or with `training.batch_
 tokens` a per-bucket `max(1, training.max_tokens // L)` sentences, so each of the three
 tensors holds at most `max_tokens` positions (padding included).
 
-Determinism: the shuffle is seeded with `training.seed` (and reshuffled each epoch, the
-same sequence of orders on every run); maps run in parallel with `deterministic=True`
-and bucketing is order-preserving given its input, so the batches of a run are repeatable.
-Evaluation (`training=False`) does not shuffle; it buckets the same way, so batches come
-in a deterministic order that is not the corpus order.
+Determinism: a training epoch's order is a pure function of `training.seed` and the epoch
+number (a seeded shuffle, never reshuffled), maps run in parallel with `deterministic=True`
+and bucketing is order-preserving given its input, so epoch `e` yields the same batches in
+every run and in every process. That is what lets a resumed run skip exactly the batches
+its checkpoint had consumed. Evaluation (`epoch=None`) does not shuffle; it buckets the
+same way, so batches come in a deterministic order that is not the corpus order.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, DataConfig, TrainingConfig
@@ -59,6 +61,11 @@ def bucket_batch_sizes(data_cfg: DataConfig, train_cfg: TrainingConfig) -> list[
     if train_cfg.batch_by == "tokens":
         return [max(1, train_cfg.max_tokens // length) for length in lengths]
     return [train_cfg.batch_size] * len(lengths)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch: distinct per epoch, the same in every run."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def _tokenized_batches(
@@ -123,7 +130,7 @@ def make_dataset(
     tgt_tok: Tokenizer,
     data_cfg: DataConfig,
     train_cfg: TrainingConfig,
-    training: bool,
+    epoch: int | None = None,
 ) -> tf.data.Dataset:
     """Turns text pairs into padded, bucketed id batches for `model.fit` / `evaluate`.
 
@@ -135,16 +142,19 @@ def make_dataset(
             not counted); longer pairs and pairs with an empty side are dropped.
         train_cfg: Batching (`batch_by`, `batch_size`, `max_tokens`, `bucket_width`) and
             shuffling (`seed`, `shuffle_buffer`).
-        training: Shuffle (seeded, reshuffled each epoch) when True; keep order otherwise.
+        epoch: The training epoch whose shuffle order to produce; None (evaluation) keeps
+            the corpus order.
 
     Returns:
         Dataset of `((src_ids, tgt_in_ids), tgt_out_ids)`: int32 `(batch, len)` tensors,
         right-padded with 0, `len` in `padded_lengths(data_cfg, train_cfg)` and the same
         for all three tensors of a batch.
     """
-    if training and train_cfg.shuffle_buffer > 1:
+    if epoch is not None and train_cfg.shuffle_buffer > 1:
         pairs = pairs.shuffle(
-            train_cfg.shuffle_buffer, seed=train_cfg.seed, reshuffle_each_iteration=True
+            train_cfg.shuffle_buffer,
+            seed=epoch_seed(train_cfg.seed, epoch),
+            reshuffle_each_iteration=False,
         )
     ds = _tokenized_batches(pairs, src_tok, tgt_tok).unbatch()
 

@@ -21,8 +21,10 @@ either way, but a config that does not describe the run is a trap when comparing
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
+import json
 import os
 import re
 import tempfile
@@ -36,10 +38,12 @@ import tensorflow_text as tf_text
 
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TokenizerConfig
 from nmt.errors import DataError, RunDirError
+from nmt.rundir import atomic_write
 
 JOINT_MODEL = "joint.model"
 SRC_MODEL = "src.model"
 TGT_MODEL = "tgt.model"
+SETTINGS_FILE = "settings.json"
 
 _SPECIAL_PIECES = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>"}
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
@@ -66,7 +70,9 @@ class Tokenizer:
         """Loads a `.model` file; a missing or unreadable file is a `RunDirError`."""
         path = Path(path)
         try:
-            tokenizer = cls(path.read_bytes(), name=str(path))
+            proto = path.read_bytes()
+            _check_checksum(path, proto)
+            tokenizer = cls(proto, name=str(path))
         except (OSError, RuntimeError) as exc:
             raise RunDirError(f"cannot load SentencePiece model {path}: {exc}") from None
         tokenizer._check_special_ids()
@@ -239,9 +245,7 @@ def _training_error(
 
 def _write_model(proto: bytes, path: Path) -> None:
     """Writes `path` (+ a human-readable `.vocab` beside it) atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(proto)
-    os.replace(tmp, path)
+    atomic_write(path, proto)
     sp = spm.SentencePieceProcessor(model_proto=proto)
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n" for i in range(len(sp)))
     path.with_suffix(".vocab").write_text(vocab, encoding="utf-8")
@@ -267,6 +271,7 @@ def train_tokenizers(
     cfg: TokenizerConfig,
     out_dir: Path,
     seed: int = 0,
+    settings: dict | None = None,
 ) -> None:
     """Trains SentencePiece model(s) and writes them into `out_dir`.
 
@@ -281,6 +286,8 @@ def train_tokenizers(
         out_dir: Folder (created if needed) that receives `joint.model`, or
             `src.model` and `tgt.model`.
         seed: Seed of the sentence sampling; the same inputs and seed give the same models.
+        settings: What the models were trained with, recorded in `settings.json` beside
+            the models' checksums (`load_tokenizers` checks them).
 
     Raises:
         DataError: A side has no non-empty lines, or is too small for `cfg.vocab_size`.
@@ -302,6 +309,29 @@ def train_tokenizers(
     for name in {JOINT_MODEL, SRC_MODEL, TGT_MODEL} - protos.keys():
         (out_dir / name).unlink(missing_ok=True)
         (out_dir / name).with_suffix(".vocab").unlink(missing_ok=True)
+    checksums = {name: hashlib.sha256(proto).hexdigest() for name, proto in protos.items()}
+    record = {"settings": settings or {}, "sha256": checksums}
+    atomic_write(out_dir / SETTINGS_FILE, json.dumps(record, indent=2))
+
+
+def read_settings(out_dir: Path) -> dict:
+    """`settings.json`: {"settings": what the models were trained with, "sha256": {...}}."""
+    path = Path(out_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise RunDirError(f"cannot read {path}: {exc}") from None
+
+
+def _check_checksum(path: Path, proto: bytes) -> None:
+    expected = read_settings(path.parent).get("sha256", {}).get(path.name)
+    if expected and hashlib.sha256(proto).hexdigest() != expected:
+        raise RunDirError(
+            f"{path} is not the SentencePiece model this run was trained with (its checksum "
+            f"differs from {SETTINGS_FILE}); restore the original or train a new run"
+        )
 
 
 def tokenizers_exist(out_dir: Path) -> bool:

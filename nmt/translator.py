@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -16,7 +16,6 @@ import tensorflow as tf
 
 from nmt import config as config_lib
 from nmt import search
-from nmt.analysis import pad_batch
 from nmt.config import Config, DecodingConfig
 from nmt.errors import NmtError, RunDirError
 
@@ -54,20 +53,21 @@ class Translator:
         Raises:
             RunDirError: the folder is missing or lacks a config, tokenizer or weights.
         """
-        from nmt import tokenizer, training
+        from nmt import rundir, tokenizer
         from nmt.model import build_model
 
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise RunDirError(f"run directory not found: {run_dir}")
-        cfg_path = run_dir / training.CONFIG_FILE
-        if not cfg_path.is_file():
-            raise RunDirError(f"{run_dir} is not a run directory (no {training.CONFIG_FILE})")
-        cfg = config_lib.load(cfg_path)
-        src_tok, tgt_tok = tokenizer.load_tokenizers(run_dir / training.TOKENIZER_DIR)
-        weights = _weights_file(run_dir)
+        run = rundir.RunDir(run_dir)
+        if not run.path.is_dir():
+            raise RunDirError(f"run directory not found: {run}")
+        if not run.config.is_file():
+            raise RunDirError(f"{run} is not a run directory (no {rundir.CONFIG_FILE})")
+        cfg = config_lib.load(run.config)
+        src_tok, tgt_tok = tokenizer.load_tokenizers(run.tokenizer)
+        weights = rundir.trained_weights(run)
+        if weights != run.best_weights:
+            log.warning("%s has no best weights yet; using the last checkpoint", run)
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
-        training.load_weights(model, weights)
+        rundir.load_weights(model, weights)
         return cls(cfg, model, src_tok, tgt_tok)
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:
@@ -127,8 +127,8 @@ class Translator:
         return opts
 
     def _encode_source(self, sentence: str, index: int) -> list[int]:
-        if not sentence.strip():
-            return []
+        """Source ids + EOS, truncated to `max_input_len`; [] (not translated) when the
+        sentence encodes to no ids at all. The SavedModel applies the same rule in-graph."""
         ids = self.src_tok.encode(sentence)
         if not ids:
             return []
@@ -145,12 +145,9 @@ class Translator:
 
     def _decode_batch(self, batch: list[list[int]], opts: DecodingConfig) -> list[list[Hypothesis]]:
         src = pad_batch(batch, multiple=SRC_PAD_MULTIPLE)
-        src_len = src.shape[1]
-        lengths = np.array([len(s) for s in batch], np.float32)
-        max_len = (opts.max_len_a * lengths + opts.max_len_b).astype(np.int32)
-        max_steps = next(steps for width, steps in step_buckets(opts) if width >= src_len)
-        fn = self._search_fn(opts.beam_size, opts.n_best, opts.length_penalty, max_steps)
-        out_ids, scores = fn(tf.constant(src), tf.constant(max_len))
+        src_len = np.array([len(s) for s in batch], np.int32)
+        max_steps = step_buckets(opts)[int(bucket_index(src.shape[1], opts))][1]
+        out_ids, scores = self._search_fn(opts, max_steps)(tf.constant(src), tf.constant(src_len))
         out_ids, scores = out_ids.numpy(), scores.numpy()
         return [
             [
@@ -160,19 +157,26 @@ class Translator:
             for b in range(len(batch))
         ]
 
-    def _search_fn(self, beam_size: int, n_best: int, alpha: float, max_steps: int):
-        key = (beam_size, n_best, alpha, max_steps)
+    def _search_fn(self, opts: DecodingConfig, max_steps: int):
+        key = (*dataclasses.astuple(opts), max_steps)
         if key not in self._compiled:
             self._compiled[key] = tf.function(
-                lambda src_ids, max_len: self.search(
-                    src_ids, max_len, beam_size, n_best, alpha, max_steps
-                ),
+                lambda src_ids, src_len: self.search(src_ids, src_len, opts, max_steps),
                 reduce_retracing=True,
             )
         return self._compiled[key]
 
-    def search(self, src_ids, max_len, beam_size: int, n_best: int, alpha: float, max_steps: int):
-        """Encodes `src_ids` `(batch, src_len)` and runs greedy/beam search in one loop.
+    def search(self, src_ids, src_len, opts: DecodingConfig, max_steps: int):
+        """The decoding path the Translator and the SavedModel share.
+
+        Encodes `src_ids` `(batch, width)` (ids + EOS, right-padded), allows each sentence
+        `output_limits(src_len)` steps and runs greedy (beam 1) or beam search in one loop.
+
+        Args:
+            src_ids: int32 `(batch, width)`.
+            src_len: int32 `(batch,)`, real source tokens including EOS.
+            opts: beam size, n-best, length penalty and the output-length rule.
+            max_steps: the loop's static bound (`step_buckets`), at least every limit.
 
         Returns:
             ids `(batch, n_best, T)` int32 without BOS/EOS, scores `(batch, n_best)`.
@@ -186,12 +190,38 @@ class Translator:
         return search.beam_search(
             step,
             state,
-            max_len,
-            beam_size,
-            length_penalty=alpha,
-            n_best=n_best,
+            output_limits(src_len, opts),
+            opts.beam_size,
+            length_penalty=opts.length_penalty,
+            n_best=opts.n_best,
             max_steps=max_steps,
         )
+
+
+def output_limits(src_len, opts: DecodingConfig):
+    """Search steps allowed per sentence, `max_len_a * src_len + max_len_b`, computed in
+    float32 and truncated (the same arithmetic in eager numpy and in a graph)."""
+    ops = keras.ops
+    return ops.cast(ops.cast(src_len, "float32") * opts.max_len_a + opts.max_len_b, "int32")
+
+
+def bucket_index(width, opts: DecodingConfig):
+    """Index in `step_buckets(opts)` of the narrowest compiled search that fits `width`."""
+    widths = np.array([w for w, _ in step_buckets(opts)], np.int32)
+    return keras.ops.sum(keras.ops.cast(keras.ops.greater(width, widths), "int32"))
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], multiple: int = 1) -> np.ndarray:
+    """Right-pads id lists with PAD into an int32 `(batch, len)` array.
+
+    `len` is the longest sequence rounded up to a multiple of `multiple` (at least 1).
+    """
+    longest = max((len(s) for s in sequences), default=0)
+    length = max(1, math.ceil(longest / multiple) * multiple)
+    batch = np.full((len(sequences), length), config_lib.PAD_ID, dtype=np.int32)
+    for row, seq in zip(batch, sequences, strict=True):
+        row[: len(seq)] = seq
+    return batch
 
 
 def step_buckets(opts: DecodingConfig) -> list[tuple[int, int]]:
@@ -214,21 +244,3 @@ def step_buckets(opts: DecodingConfig) -> list[tuple[int, int]]:
         width *= 2
     widths.append(widest)
     return [(w, int(opts.max_len_a * w + opts.max_len_b)) for w in widths]
-
-
-def _weights_file(run_dir: Path) -> Path:
-    from nmt import training
-
-    best = run_dir / training.BEST_WEIGHTS
-    if best.is_file():
-        return best
-    state_file = run_dir / training.CHECKPOINT_DIR / "state.json"
-    if state_file.is_file():
-        last = run_dir / training.CHECKPOINT_DIR / json.loads(state_file.read_text())["weights"]
-        if last.is_file():
-            log.warning("%s has no best weights yet; using the last checkpoint", run_dir)
-            return last
-    raise RunDirError(
-        f"{run_dir} has no trained model (no {training.BEST_WEIGHTS}); "
-        "train it first with 'nmt train'"
-    )

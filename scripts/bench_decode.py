@@ -53,11 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_translator(args: argparse.Namespace):
     """The run's translator, its config updated with the decoding overrides."""
-    from nmt import training
+    from nmt import rundir
     from nmt.translator import Translator
 
     translator = Translator.from_run_dir(args.run_dir)
-    config_path = Path(args.run_dir) / training.CONFIG_FILE
+    config_path = Path(args.run_dir) / rundir.CONFIG_FILE
     translator.cfg = config_lib.load(config_path, args.overrides)
     return translator
 

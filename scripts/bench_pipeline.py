@@ -7,7 +7,7 @@
 1. SentencePiece: trains the configured model(s) (a joint 8000-piece unigram model in the
    Multi30k configs) on the train split with `nmt.tokenizer.train_tokenizers` into a temporary
    folder; the time includes streaming both .gz files through Python, as `nmt prepare` does.
-2. Pipeline: with that tokenizer, times full passes of `make_dataset(training=True)` over train
+2. Pipeline: with that tokenizer, times full passes of `make_dataset(epoch=0)` over train
    (reading, in-graph tokenization, length filter, shuffle, bucketing, padding), for each data
    format: "files" (tf.data.TextLineDataset on the .gz files) and "multi30k" (the tfds builder;
    preparing it is done once beforehand and not timed). Reports sentences/s and target tokens/s
@@ -177,7 +177,7 @@ def time_pipeline(cfg: config_lib.Config, fmt: str, folder: Path, tok_dir: Path,
     src_tok, tgt_tok = tokenizer.load_tokenizers(tok_dir)
     data_cfg = data_config(cfg, fmt, folder)
     pairs = corpus.load_pairs(data_cfg, "train")  # validates files / prepares tfds: not timed
-    dataset = pipeline.make_dataset(pairs, src_tok, tgt_tok, data_cfg, cfg.training, training=True)
+    dataset = pipeline.make_dataset(pairs, src_tok, tgt_tok, data_cfg, cfg.training, epoch=0)
     before, method = rss_mb(), reset_peak_rss()
     passes = [one_pass(dataset)]
     peak = peak_rss_mb()

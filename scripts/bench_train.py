@@ -12,7 +12,7 @@ of them share one invocation (and so one quiet or noisy moment): compare the rat
 
 Method. Each subprocess builds the model and compiles it with `nmt.training.compile_model`, and
 runs `model.fit` for `warmup + steps` steps on Multi30k train through the real input pipeline
-(`corpus.load_pairs` -> `pipeline.make_dataset(training=True)`, tokenizers from a run folder
+(`corpus.load_pairs` -> `pipeline.make_dataset(epoch=0)`, tokenizers from a run folder
 under runs/bench/ prepared once per data+tokenizer config and reused). A callback reads the clock
 at the end of every `group`-th step after the warm-up; throughput is the median over these groups
 of (non-pad target tokens, EOS included) / seconds, which keeps a retrace for a new batch shape
@@ -104,16 +104,16 @@ def real_input(cfg: config_lib.Config, n_steps: int):
     of its first `n_steps` batches, read from an identical second instance."""
     import numpy as np
 
-    from nmt import corpus, pipeline, tokenizer, training
+    from nmt import corpus, pipeline, rundir, tokenizer, training
 
     key = json.dumps([cfg.to_dict()["data"], cfg.to_dict()["tokenizer"]], sort_keys=True)
     prep_dir = Path("runs/bench") / f"prep-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     training.prepare(cfg, prep_dir)  # trains SentencePiece the first time only
-    src_tok, tgt_tok = tokenizer.load_tokenizers(prep_dir / training.TOKENIZER_DIR)
+    src_tok, tgt_tok = tokenizer.load_tokenizers(prep_dir / rundir.TOKENIZER_DIR)
 
     def make():
         pairs = corpus.load_pairs(cfg.data, "train")
-        ds = pipeline.make_dataset(pairs, src_tok, tgt_tok, cfg.data, cfg.training, training=True)
+        ds = pipeline.make_dataset(pairs, src_tok, tgt_tok, cfg.data, cfg.training, epoch=0)
         return ds.repeat()
 
     shapes = [

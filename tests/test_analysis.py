@@ -8,6 +8,7 @@ import pytest
 from nmt import analysis, config, corpus
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from nmt.errors import DataError, RunDirError
+from nmt.translator import pad_batch
 
 
 class WordTokenizer:
@@ -123,11 +124,11 @@ def test_model_input_ids_and_pieces():
 
 
 def test_pad_batch():
-    batch = analysis.pad_batch([[5, 6, 7], [8]], multiple=4)
+    batch = pad_batch([[5, 6, 7], [8]], multiple=4)
     assert batch.dtype == np.int32
     assert batch.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
-    assert analysis.pad_batch([[1, 2]]).shape == (1, 2)
-    assert analysis.pad_batch([]).shape == (0, 1)
+    assert pad_batch([[1, 2]]).shape == (1, 2)
+    assert pad_batch([]).shape == (0, 1)
 
 
 def test_pca_2d_finds_the_main_axes():
@@ -193,7 +194,7 @@ def test_context_vectors_match_single_sentence_encoding():
     batched = analysis.context_vectors(model, tok, sentences, batch_size=2)
     assert batched.shape == (3, 16)  # bidirectional: 2 x encoder_units
     for row, sentence in zip(batched, sentences, strict=True):
-        alone = model.encode(analysis.pad_batch([analysis.source_ids(tok, sentence)]))["context"]
+        alone = model.encode(pad_batch([analysis.source_ids(tok, sentence)]))["context"]
         np.testing.assert_allclose(row, np.asarray(alone)[0], atol=1e-5)
 
 

@@ -99,9 +99,21 @@ def test_invalid_yaml_is_one_line(tmp_path):
 
 def test_round_trip_through_yaml(tmp_path):
     cfg = config.load(None, ["model.attention=additive"])
-    cfg.save(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
     assert config.load(tmp_path / "c.yaml") == cfg
     assert dataclasses.asdict(cfg)["model"]["attention"] == "additive"
+
+
+def test_a_config_from_a_newer_nmt_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(config.load(None).to_yaml())
+    assert f"format_version: {config.FORMAT_VERSION}" in path.read_text()
+    path.write_text(f"format_version: {config.FORMAT_VERSION + 1}\ntraining:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: written by a newer nmt \(format_version 2; "):
+        config.load(path)
+    path.write_text("format_version: soon\n")
+    with pytest.raises(ConfigError, match="format_version must be a positive integer"):
+        config.load(path)
 
 
 def test_malformed_override_value_names_the_override():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nmt import cli, export, training
+from nmt import cli, export, rundir, training
 from nmt import config as config_lib
 from nmt.translator import Translator, step_buckets
 
@@ -127,7 +127,7 @@ def test_weights_are_stored_once(run_dir, exported):
 def test_export_writes_decoding_settings(run_dir, exported):
     assert (exported / "saved_model.pb").is_file()
     settings = json.loads((exported / export.SETTINGS_FILE).read_text())
-    decoding = config_lib.load(run_dir / training.CONFIG_FILE).decoding
+    decoding = config_lib.load(run_dir / rundir.CONFIG_FILE).decoding
     assert settings["decoding"]["beam_size"] == decoding.beam_size == 3
     assert settings["decoding"]["length_penalty"] == decoding.length_penalty
     assert settings["decoding"]["max_input_len"] == MAX_INPUT_LEN
@@ -167,8 +167,8 @@ def test_missing_run_dir_is_an_error(capsys, tmp_path):
 def test_run_dir_without_model_is_an_error(capsys, run_dir, tmp_path):
     untrained = tmp_path / "untrained"
     untrained.mkdir()
-    shutil.copy(run_dir / training.CONFIG_FILE, untrained)
-    shutil.copytree(run_dir / training.TOKENIZER_DIR, untrained / training.TOKENIZER_DIR)
+    shutil.copy(run_dir / rundir.CONFIG_FILE, untrained)
+    shutil.copytree(run_dir / rundir.TOKENIZER_DIR, untrained / rundir.TOKENIZER_DIR)
     err = _error(capsys, ["export", str(untrained), str(tmp_path / "out")])
     assert "has no trained model" in err and str(untrained) in err
     assert not (tmp_path / "out").exists()
@@ -189,7 +189,7 @@ def test_out_dir_that_would_destroy_the_run_is_refused(capsys, run_dir):
     for target in (run_dir, run_dir.parent):
         err = _error(capsys, ["export", str(run_dir), str(target), "--force"])
         assert "would overwrite the run directory" in err
-    assert (run_dir / training.BEST_WEIGHTS).is_file()
+    assert (run_dir / rundir.BEST_WEIGHTS).is_file()
 
 
 def test_out_dir_that_is_a_file_is_refused(capsys, run_dir, tmp_path):

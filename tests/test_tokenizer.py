@@ -124,7 +124,11 @@ def test_empty_lines_are_skipped_and_joint_replaces_separate(tmp_path):
     train_tokenizers(iter(corpus), iter(corpus), cfg, tmp_path)
     cfg.joint = True
     train_tokenizers(iter(corpus), iter(corpus), cfg, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["joint.model", "joint.vocab"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "joint.model",
+        "joint.vocab",
+        "settings.json",
+    ]
 
 
 def test_load_tokenizers_errors(tmp_path):

@@ -10,8 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-from nmt import cli, training
+from nmt import cli, evaluation, rundir, training
+from nmt.checkpointing import restore
+from nmt.errors import RunDirError
 from nmt.model import build_model
+from nmt.rundir import RunDir
 
 from .conftest import REPO, tiny_config
 
@@ -29,17 +32,21 @@ def test_run_directory_is_self_contained(tiny_run):
     assert list((tiny_run / "tokenizer").glob("*.model"))
     state = json.loads((tiny_run / "checkpoint" / "state.json").read_text())
     # Exactly the weights state.json names: older checkpoints are deleted once replaced.
-    assert [p.name for p in (tiny_run / "checkpoint").glob("*.h5")] == [state["weights"]]
+    names = sorted(p.name for p in (tiny_run / "checkpoint").glob("*.h5"))
+    assert names == sorted({state["weights"], state["best_weights"]})
     assert state["weights"] == f"ckpt-{state['step']}.weights.h5"
+    assert os.path.samefile(
+        tiny_run / "best.weights.h5", tiny_run / "checkpoint" / state["best_weights"]
+    )
     records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["val_loss"] < records[0]["val_loss"]
     assert {"step", "loss", "val_loss", "val_nll", "val_ppl", "best"} <= set(records[0])
 
 
 def _write_config(tmp_path, cfg):
     path = tmp_path / "cfg.yaml"
-    cfg.save(path)
+    path.write_text(cfg.to_yaml())
     return path
 
 
@@ -55,41 +62,192 @@ def _wait_for_step(state_file, min_step, proc, timeout=240):
             if step >= min_step:
                 return step
         assert proc.poll() is None, proc.communicate()[0][-3000:]
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise AssertionError("training made no checkpoint in time")
 
 
-def test_resume_after_kill_9_keeps_step_count_and_optimizer_state(tmp_path, tiny_corpus):
-    cfg = tiny_config(
-        tiny_corpus, "training.checkpoint_every=4", "training.epochs=50", "training.max_steps=60"
-    )
-    config_path = _write_config(tmp_path, cfg)
+# Dropout on, so the dropout RNG state matters; 28 updates per epoch, a checkpoint every 5.
+RESUME_SETTINGS = ("model.dropout=0.3", "training.epochs=3", "training.checkpoint_every=5")
+
+
+def _collect(arrays, name, obj):
+    import h5py
+
+    if isinstance(obj, h5py.Dataset):
+        arrays[name] = obj[()]
+    # None: h5py's visititems stops at the first callback that returns a value.
+
+
+def _final_weights(run_dir):
+    """Every array of the last checkpoint (model and optimizer), by its h5 path."""
+    import h5py
+
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    arrays = {}
+    with h5py.File(run_dir / "checkpoint" / state["weights"]) as f:
+        f.visititems(lambda name, obj: _collect(arrays, name, obj))
+    return arrays, state
+
+
+def _assert_same_weights(run_a, run_b):
+    a, state_a = _final_weights(run_a)
+    b, state_b = _final_weights(run_b)
+    assert a.keys() == b.keys() and len(a) > 20
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    assert state_a["step"] == state_b["step"] and state_a["rng"] == state_b["rng"]
+
+
+def _assert_consistent(run_dir, epochs=3):
+    """What a finished run directory must look like, however often it was killed."""
+    state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
+    assert state["metrics_lines"] == epochs and state["best"] == records[-1]["best"]
+    best = run_dir / "checkpoint" / state["best_weights"]
+    assert os.path.samefile(run_dir / "best.weights.h5", best)
+    names = {p.name for p in (run_dir / "checkpoint").iterdir()}
+    assert names == {"state.json", state["weights"], state["best_weights"]}
+    assert not list(run_dir.rglob("tmp.*"))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_corpus):
+    """An uninterrupted run with RESUME_SETTINGS, trained in this process."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    training.train(tiny_config(tiny_corpus, *RESUME_SETTINGS), run_dir)
+    return run_dir
+
+
+def test_two_uninterrupted_runs_agree(tmp_path, tiny_corpus, reference_run):
+    training.train(tiny_config(tiny_corpus, *RESUME_SETTINGS), tmp_path / "run")
+    _assert_same_weights(tmp_path / "run", reference_run)
+
+
+def test_kill_9_at_a_random_step_then_resume_gives_the_uninterrupted_weights(
+    tmp_path, tiny_corpus, reference_run
+):
+    config_path = _write_config(tmp_path, tiny_config(tiny_corpus, *RESUME_SETTINGS))
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "nmt.cli", "train", str(config_path), "--run-dir", str(run_dir)]
+    kill_after = int(np.random.default_rng().integers(5, 80))  # a new moment every run
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        _wait_for_step(run_dir / "checkpoint" / "state.json", 8, proc)
+        _wait_for_step(run_dir / "checkpoint" / "state.json", kill_after, proc)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
-    assert 8 <= state["step"] < 60
-
-    model = build_model(cfg.model, 48, 48)
-    training.compile_model(model, cfg.training)
-    restored = training.load_checkpoint(model, run_dir)
-    assert int(model.optimizer.iterations) == restored["step"] == state["step"]
-    moments = [v for v in model.optimizer.variables if "momentum" in v.path]
-    assert moments and any(float(np.abs(keras.ops.convert_to_numpy(v)).max()) > 0 for v in moments)
+    assert 5 <= state["step"] < 84, f"killed after step {kill_after}"
 
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resuming from {run_dir / 'checkpoint'}" in done.stderr
-    assert f"step {state['step']}" in done.stderr
-    final = json.loads((run_dir / "checkpoint" / "state.json").read_text())
-    assert final["step"] == 60
+    assert f"({state['batches']} batches in), step {state['step']}" in done.stderr
+    _assert_same_weights(run_dir, reference_run)
+    _assert_consistent(run_dir)
+
+
+class Killed(BaseException):
+    """A simulated kill: not an Exception, so nothing on the way catches it."""
+
+
+def _die_at_step(step, before=True):
+    """Wraps a `rundir` function `f(run, state)` to die before or after it runs at `step`."""
+
+    def wrap(original):
+        def wrapper(run, state, *args):
+            if state["step"] == step and before:
+                raise Killed
+            result = original(run, state, *args)
+            if state["step"] == step:
+                raise Killed
+            return result
+
+        return wrapper
+
+    return wrap
+
+
+def _half_written_state(step):
+    def wrap(original):
+        def wrapper(path, data):
+            if path.name == "state.json" and f'"step": {step},' in data:
+                path.with_name("tmp.state.json").write_text(data[: len(data) // 2])
+                raise Killed
+            return original(path, data)
+
+        return wrapper
+
+    return wrap
+
+
+# (rundir function, how it dies): every instant of a checkpoint, mid-epoch and at epoch ends
+# with a new best (steps 28, 56); 28 updates per epoch, a checkpoint every 5.
+CRASHES = [
+    ("atomic_write", _half_written_state(10)),
+    ("commit_state", _die_at_step(28)),  # weights and metrics line written, state not
+    ("commit_state", _die_at_step(33, before=False)),
+    ("publish_best", _die_at_step(56)),  # state committed, best.weights.h5 not yet linked
+    ("remove_unnamed", _die_at_step(56)),  # old weights not yet deleted
+]
+
+
+def test_kills_at_every_instant_of_a_checkpoint_leave_a_consistent_run(
+    tmp_path, tiny_corpus, reference_run, monkeypatch
+):
+    cfg = tiny_config(tiny_corpus, *RESUME_SETTINGS)
+    run_dir = tmp_path / "run"
+    for name, wrap in CRASHES:
+        with monkeypatch.context() as patch:
+            patch.setattr(rundir, name, wrap(getattr(rundir, name)))
+            with pytest.raises(Killed):
+                training.train(cfg, run_dir)
+        state = rundir.reconcile(RunDir(run_dir))  # what the next start does first
+        metrics = run_dir / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        assert len(lines) == state.get("metrics_lines", 0), name
+        if state.get("best_weights"):
+            best = run_dir / "checkpoint" / state["best_weights"]
+            assert os.path.samefile(run_dir / "best.weights.h5", best), name
+        assert not list(run_dir.rglob("tmp.*")), name
+    training.train(cfg, run_dir)
+    _assert_consistent(run_dir)
+    _assert_same_weights(run_dir, reference_run)
+
+
+def test_max_steps_mid_epoch_records_a_partial_epoch(tmp_path, tiny_corpus, reference_run):
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(tiny_corpus, *RESUME_SETTINGS, "training.max_steps=40")
+    state = training.train(cfg, run_dir)
+    # One full epoch (28 updates) and 12 batches of the second, validated and marked partial.
+    assert (state["epoch"], state["batches"], state["step"]) == (1, 12, 40)
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r.get("partial"), r["step"]) for r in records] == [
+        (1, None, 28),
+        (2, True, 40),
+    ]
+    assert records[1]["batches"] == 12
+    # Raising the limit continues inside epoch 2 as if it had never stopped.
+    training.train(tiny_config(tiny_corpus, *RESUME_SETTINGS), run_dir)
+    _assert_same_weights(run_dir, reference_run)
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in records] == [(1, 28), (2, 40), (2, 56), (3, 84)]
+
+
+def test_restore_loads_optimizer_state_and_refuses_another_models_rng(reference_run, tiny_corpus):
+    cfg = tiny_config(tiny_corpus, *RESUME_SETTINGS)
+    model = build_model(cfg.model, 48, 48)
+    training.compile_model(model, cfg.training)
+    state = json.loads((reference_run / "checkpoint" / "state.json").read_text())
+    restore(model, RunDir(reference_run), state)
+    assert int(model.optimizer.iterations) == state["step"] == 84
+    moments = [v for v in model.optimizer.variables if "momentum" in v.path]
+    assert moments and any(float(np.abs(keras.ops.convert_to_numpy(v)).max()) > 0 for v in moments)
+    with pytest.raises(RunDirError, match="random-generator states but the model has"):
+        restore(model, RunDir(reference_run), {**state, "rng": state["rng"][:1]})
 
 
 def test_nan_loss_stops_without_touching_best_weights(tmp_path, tiny_corpus):
@@ -136,31 +294,10 @@ def test_auto_precision_is_float32_without_gpu():
     assert training.resolve_precision("auto") == "float32"
 
 
-def test_masked_loss_ignores_padding():
-    loss = training.MaskedCrossEntropy()
-    logits = np.random.default_rng(0).normal(size=(2, 4, 6)).astype("float32")
-    y = np.array([[4, 5, 0, 0], [4, 0, 0, 0]])
-    base = float(loss(y, logits))
-    changed = logits.copy()
-    changed[:, 2:] += 100.0  # padded positions
-    changed[1, 1:] -= 50.0
-    assert float(loss(y, changed)) == pytest.approx(base, rel=1e-6)
-
-
-def test_label_smoothing_raises_loss_of_confident_prediction():
-    logits = np.full((1, 1, 5), -10.0, "float32")
-    logits[0, 0, 4] = 10.0
-    y = np.array([[4]])
-    assert (
-        float(training.MaskedCrossEntropy(0.1)(y, logits))
-        > float(training.MaskedCrossEntropy(0.0)(y, logits)) + 0.5
-    )
-
-
 def test_resuming_with_a_different_model_is_refused(tmp_path, tiny_run):
     cfg = tiny_config(tmp_path, "model.decoder_units=64")
     with pytest.raises(training.ConfigError, match="different model config"):
-        training.write_config(cfg, tiny_run)
+        training.write_config(cfg, RunDir(tiny_run))
 
 
 def test_cli_config_errors_are_one_line(tmp_path, capsys, tiny_corpus):
@@ -207,7 +344,7 @@ def test_smoke_config_trains_end_to_end(tmp_path, multi30k_dir):
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "done: epoch 1, step 60" in result.stdout
+    assert "done: step 60 (epoch 1 stopped by training.max_steps after 60 batches)" in result.stdout
     assert (tmp_path / "smoke" / "best.weights.h5").is_file()
 
 
@@ -216,13 +353,19 @@ def test_validation_bleu_selects_the_model(tmp_path, tiny_corpus):
     cfg = tiny_config(
         tiny_corpus,
         "training.early_stopping_metric=bleu",
-        "training.epochs=2",
-        "training.bleu_max_sentences=20",
+        "training.epochs=4",
+        "training.learning_rate=0.01",
+        "training.bleu_max_sentences=40",
     )
-    state = training.train(cfg, run_dir)
+    state = training.train(cfg, run_dir, evaluation.validation_bleu(cfg, run_dir))
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all(0.0 <= r["val_bleu"] <= 100.0 for r in records)
-    assert state["best"] == max(r["val_bleu"] for r in records)
+    bleu = [r["val_bleu"] for r in records]
+    assert len(set(bleu)) > 1 and max(bleu) > 0, bleu  # the selection has something to choose
+    best = int(np.argmax(bleu))
+    assert state["best"] == bleu[best]
+    assert state["best_weights"] == f"best-{records[best]['step']}.weights.h5"
+    # The CLI wires the same function in.
+    assert [r["best"] for r in records] == list(np.maximum.accumulate(bleu))
 
 
 def test_early_stopping_after_patience(tmp_path, tiny_corpus):
@@ -234,21 +377,6 @@ def test_early_stopping_after_patience(tmp_path, tiny_corpus):
     assert state["stopped_early"] and state["epoch"] == 3
     # Running the same command again does not train any further.
     assert training.train(cfg, tmp_path / "run")["step"] == state["step"]
-
-
-def test_token_nll_weighs_batches_by_their_tokens():
-    rng = np.random.default_rng(0)
-    metric = training.TokenNLL()
-    batches = [
-        (np.array([[4, 5, 6, 0]]), rng.normal(size=(1, 4, 8)).astype("float32")),
-        (np.array([[7, 0, 0, 0], [0, 0, 0, 0]]), rng.normal(size=(2, 4, 8)).astype("float32")),
-    ]
-    per_token = []
-    for y, logits in batches:
-        metric.update_state(y, logits)
-        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        per_token += [-log_probs[b, t, y[b, t]] for b, t in zip(*np.nonzero(y), strict=True)]
-    assert float(metric.result()) == pytest.approx(np.mean(per_token), rel=1e-5)
 
 
 def test_stale_tokenizer_settings_are_refused(tmp_path, tiny_corpus):

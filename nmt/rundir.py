@@ -1,0 +1,206 @@
+"""The run directory: its file layout, atomic writes, weights and training-state I/O.
+
+A run directory holds everything a run needs and makes:
+
+    config.yaml                  the resolved config (with its format version)
+    tokenizer/                   SentencePiece models and settings.json (how, and checksums)
+    data_stats.json              filtered-pair counts per split
+    checkpoint/state.json        the training state: the commit point of every checkpoint
+    checkpoint/ckpt-STEP.weights.h5   the last checkpoint (weights + optimizer state)
+    checkpoint/best-STEP.weights.h5   the best weights so far
+    best.weights.h5              a hard link to the best weights, for users and `nmt translate`
+    metrics.jsonl                one JSON line per validation
+    logs/                        TensorBoard
+
+Crash consistency: every file is written to a temporary name, fsync'd and renamed. A
+checkpoint writes its weight files first, then `state.json` (the commit point), then
+publishes `best.weights.h5` and deletes what `state.json` no longer names. `reconcile()`,
+run before training resumes, finishes whatever a kill interrupted: it removes temporary and
+unnamed files, cuts `metrics.jsonl` back to the lines `state.json` counts and re-publishes
+the best weights. So whatever instant a kill lands, the files agree after the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from nmt.errors import RunDirError
+
+CONFIG_FILE = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+STATS_FILE = "data_stats.json"
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.json"
+BEST_WEIGHTS = "best.weights.h5"
+METRICS_FILE = "metrics.jsonl"
+LOGS_DIR = "logs"
+EVAL_DIR = "eval"
+# Temporary files are "tmp." + the final name (Keras wants the ".weights.h5" suffix kept).
+TMP_PREFIX = "tmp."
+
+
+class RunDir:
+    """Paths of one run directory; the only place that knows its file names."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config = self.path / CONFIG_FILE
+        self.tokenizer = self.path / TOKENIZER_DIR
+        self.stats = self.path / STATS_FILE
+        self.checkpoint = self.path / CHECKPOINT_DIR
+        self.state = self.checkpoint / STATE_FILE
+        self.best_weights = self.path / BEST_WEIGHTS
+        self.metrics = self.path / METRICS_FILE
+        self.logs = self.path / LOGS_DIR
+        self.eval = self.path / EVAL_DIR
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Writes `data` to `path` so that a crash leaves the old file or the new one, whole."""
+    path = Path(path)
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Makes a rename in `folder` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_weights(model, path: Path) -> None:
+    """`model.save_weights` (with optimizer state), atomically."""
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    model.save_weights(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def load_weights(model, path: Path) -> None:
+    """Loads weights (h5: no pickle), turning a bad file into a one-line RunDirError."""
+    if not path.is_file():
+        raise RunDirError(f"weights file not found: {path}")
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise RunDirError(
+            f"cannot load {path}: {reason} (a truncated or corrupt file, or weights that do "
+            "not match the run's config.yaml and tokenizer)"
+        ) from None
+
+
+# --------------------------------------------------------------------------- training state
+
+
+def read_state(run: RunDir) -> dict[str, Any]:
+    """The committed training state, or {} before the first checkpoint."""
+    if not run.state.is_file():
+        return {}
+    try:
+        state = json.loads(run.state.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise RunDirError(f"cannot read {run.state}: {exc}") from None
+    if not isinstance(state, dict) or "weights" not in state:
+        raise RunDirError(f"{run.state} is not an nmt training state")
+    return state
+
+
+def commit_state(run: RunDir, state: dict[str, Any]) -> None:
+    """Writes `state.json` (the commit point), then makes the other files agree with it."""
+    atomic_write(run.state, json.dumps(state, indent=1))
+    publish_best(run, state)
+    remove_unnamed(run, state)
+
+
+def publish_best(run: RunDir, state: dict[str, Any]) -> None:
+    """Points `best.weights.h5` at the best weights that `state` names."""
+    name = state.get("best_weights")
+    if not name:
+        return
+    source = run.checkpoint / name
+    if run.best_weights.exists() and os.path.samefile(source, run.best_weights):
+        return
+    link(source, run.best_weights)
+
+
+def link(source: Path, dest: Path) -> None:
+    """Makes `dest` a hard link to `source` (a copy where links are not supported), atomically."""
+    tmp = dest.with_name(TMP_PREFIX + dest.name)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)  # no second copy of the weights on disk
+    except OSError:
+        tmp.write_bytes(source.read_bytes())
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+def remove_unnamed(run: RunDir, state: dict[str, Any]) -> None:
+    """Deletes weight files and temporaries of checkpoints that `state` no longer names."""
+    keep = {STATE_FILE, state.get("weights"), state.get("best_weights")}
+    for path in run.checkpoint.glob("*"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+    for path in run.path.glob(TMP_PREFIX + "*"):
+        path.unlink(missing_ok=True)
+
+
+def reconcile(run: RunDir) -> dict[str, Any]:
+    """Makes the run directory agree with its committed state after a crash.
+
+    Returns:
+        The committed state ({} when training never checkpointed).
+    """
+    for path in run.path.glob(TMP_PREFIX + "*"):
+        path.unlink(missing_ok=True)
+    state = read_state(run)
+    if not state:  # killed before the first checkpoint: training starts from scratch
+        run.metrics.unlink(missing_ok=True)
+        return state
+    remove_unnamed(run, state)
+    publish_best(run, state)
+    lines = state.get("metrics_lines")
+    if lines is not None and run.metrics.is_file():
+        kept = run.metrics.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
+        atomic_write(run.metrics, "".join(kept))
+    return state
+
+
+def trained_weights(run: RunDir) -> Path:
+    """The weights to translate with: the best ones, else the last checkpoint.
+
+    Raises:
+        RunDirError: the run has no weights yet.
+    """
+    if run.best_weights.is_file():
+        return run.best_weights
+    state = read_state(run)
+    if state and (run.checkpoint / state["weights"]).is_file():
+        return run.checkpoint / state["weights"]
+    raise RunDirError(
+        f"{run} has no trained model (no {BEST_WEIGHTS}); train it first with 'nmt train'"
+    )
