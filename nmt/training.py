@@ -181,49 +181,24 @@ def train(
     Raises:
         TrainingDiverged: the loss became NaN/Inf; the best weights are left untouched.
     """
-    from nmt import corpus, pipeline, tokenizer
-    from nmt.model import build_model
-
     run = RunDir(run_dir)
     prepare(cfg, run.path)
     state = rundir.reconcile(run)
     if _finished(state, cfg.training):
         log.info("training already finished: %s", describe_state(state))
         return state
-    keras.utils.set_random_seed(cfg.training.seed)
-    policy = resolve_precision(cfg.training.precision)
-    keras.mixed_precision.set_global_policy(policy)
-    src_tok, tgt_tok = tokenizer.load_tokenizers(run.tokenizer)
-    model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
-    compile_model(model, cfg.training)
-    restore(model, run, state)
-    _apply_config_learning_rate(model, cfg.training)
-    if state:
-        log.info(
-            "resuming from %s: epoch %d (%d batches in), step %d",
-            run.checkpoint,
-            state["epoch"] + 1,
-            state.get("batches", 0),
-            state["step"],
-        )
-
-    def batches(split: str, epoch: int | None = None):
-        pairs = corpus.load_pairs(cfg.data, split)
-        return pipeline.make_dataset(pairs, src_tok, tgt_tok, cfg.data, cfg.training, epoch=epoch)
-
+    model, train_batches, validation = _build(cfg, run, state)
     keeper = RunKeeper(run, cfg.training, state, validation_score)
     callbacks = [
         keeper,
         keras.callbacks.TensorBoard(str(run.logs)),
         EpochProgress(cfg.training.epochs),
     ]
-    validation = batches("validation")
-    log.info("training %s params, precision %s", f"{model.count_params():,}", policy)
-    for epoch in range(keeper.epoch, cfg.training.epochs):
-        skip = keeper.batches if epoch == keeper.epoch else 0
+    skip = state.get("batches", 0)  # the resumed epoch's batches consumed before the kill
+    for epoch in range(state.get("epoch", 0), cfg.training.epochs):
         keeper.start_epoch(epoch, skip)
         model.fit(
-            batches("train", epoch).skip(skip),
+            train_batches(epoch).skip(skip),
             validation_data=validation,
             initial_epoch=epoch,
             epochs=epoch + 1,
@@ -231,6 +206,7 @@ def train(
             verbose=1 if sys.stdout.isatty() else 2,
             shuffle=False,  # the pipeline shuffles, seeded per epoch
         )
+        skip = 0
         if keeper.stop_reason:
             break
     if keeper.stop_reason == "diverged":
@@ -242,11 +218,43 @@ def train(
     return keeper.state
 
 
+def _build(cfg: Config, run: RunDir, state: dict[str, Any]):
+    """The compiled model, restored from `state`; a function of the epoch giving that
+    epoch's training batches; the validation batches."""
+    from nmt import corpus, pipeline, tokenizer
+    from nmt.model import build_model
+
+    keras.utils.set_random_seed(cfg.training.seed)
+    policy = resolve_precision(cfg.training.precision)
+    keras.mixed_precision.set_global_policy(policy)
+    src_tok, tgt_tok = tokenizer.load_tokenizers(run.tokenizer)
+    model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
+    compile_model(model, cfg.training)
+    restore(model, run, state)
+    _apply_config_learning_rate(model, cfg.training)
+    if state:
+        log.info("resuming from %s: %s", run.checkpoint, describe_position(state))
+    log.info("training %s params, precision %s", f"{model.count_params():,}", policy)
+
+    def batches(split: str, epoch: int | None = None):
+        pairs = corpus.load_pairs(cfg.data, split)
+        return pipeline.make_dataset(pairs, src_tok, tgt_tok, cfg.data, cfg.training, epoch=epoch)
+
+    return model, lambda epoch: batches("train", epoch), batches("validation")
+
+
 def _apply_config_learning_rate(model: keras.Model, cfg: TrainingConfig) -> None:
     """A checkpoint restores the optimizer's learning-rate variable; the config wins."""
     lr = learning_rate(cfg)
     if not isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
         model.optimizer.learning_rate = lr
+
+
+def describe_position(state: dict[str, Any]) -> str:
+    """Where a checkpoint stands, e.g. 'epoch 2 (13 batches in), step 41'."""
+    return (
+        f"epoch {state['epoch'] + 1} ({state.get('batches', 0)} batches in), step {state['step']}"
+    )
 
 
 def describe_state(state: dict[str, Any]) -> str:

@@ -145,7 +145,9 @@ def test_kill_9_at_a_random_step_then_resume_gives_the_uninterrupted_weights(
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resuming from {run_dir / 'checkpoint'}" in done.stderr
-    assert f"({state['batches']} batches in), step {state['step']}" in done.stderr
+    assert f"epoch {state['epoch'] + 1} ({state['batches']} batches in), step {state['step']}" in (
+        done.stderr
+    )
     _assert_same_weights(run_dir, reference_run)
     _assert_consistent(run_dir)
 
