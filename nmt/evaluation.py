@@ -11,6 +11,7 @@ from typing import Any
 from sacrebleu.metrics import BLEU, CHRF
 
 from nmt.errors import DataError
+from nmt.rundir import atomic_write
 
 # Source-length buckets (in words) for the breakdown: [0, 10), [10, 20), ... [50, inf).
 LENGTH_EDGES = (10, 20, 30, 40, 50)
@@ -130,9 +131,9 @@ def evaluate(
 def write_report(report: dict[str, Any], out_dir: Path, name: str) -> None:
     """Writes NAME.hyp (one translation per line) and NAME.json (the report without them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.hyp").write_text("".join(h + "\n" for h in report["hypotheses"]))
+    atomic_write(out_dir / f"{name}.hyp", "".join(h + "\n" for h in report["hypotheses"]))
     summary = {k: v for k, v in report.items() if k != "hypotheses"}
-    (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out_dir / f"{name}.json", json.dumps(summary, indent=2) + "\n")
 
 
 def validation_bleu(cfg, run_dir: str | Path):

@@ -248,7 +248,7 @@ def _write_model(proto: bytes, path: Path) -> None:
     atomic_write(path, proto)
     sp = spm.SentencePieceProcessor(model_proto=proto)
     vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n" for i in range(len(sp)))
-    path.with_suffix(".vocab").write_text(vocab, encoding="utf-8")
+    atomic_write(path.with_suffix(".vocab"), vocab)
 
 
 def _spool_both(
