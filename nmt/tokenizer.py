@@ -7,9 +7,11 @@ with `sentencepiece` and writes the serialized models into a folder (the run dir
 - joint vocabulary (`tokenizer.joint: true`): `joint.model` (+ `joint.vocab`, for reading)
 - separate vocabularies: `src.model` and `tgt.model` (+ `src.vocab`, `tgt.vocab`)
 
-`load_tokenizers` reads them back as `Tokenizer` objects, which tokenize inside tf.data
-and `tf.function` through `tensorflow_text.SentencepieceTokenizer` and, for convenience,
-in plain Python through `sentencepiece.SentencePieceProcessor` (same model bytes, same ids).
+`load_tokenizers` reads them back as `Tokenizer` objects, which tokenize in plain Python
+through `sentencepiece.SentencePieceProcessor` (the Grain pipeline, the Translator) and,
+under TensorFlow, inside tf.data and `tf.function` through
+`tensorflow_text.SentencepieceTokenizer` (same model bytes, same ids). TensorFlow is imported
+only when the in-graph tokenizer is first used, so this module works without it.
 
 Special ids are fixed by `nmt.config`: pad=0, unk=1, bos=2, eos=3.
 
@@ -30,15 +32,17 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sentencepiece as spm
-import tensorflow as tf
-import tensorflow_text as tf_text
 
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TokenizerConfig
 from nmt.errors import DataError, RunDirError
 from nmt.rundir import atomic_write
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 JOINT_MODEL = "joint.model"
 SRC_MODEL = "src.model"
@@ -50,7 +54,7 @@ _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a
 
 
 class Tokenizer:
-    """One SentencePiece model usable in-graph (TensorFlow) and in plain Python.
+    """One SentencePiece model usable in plain Python and in-graph (TensorFlow).
 
     Args:
         model_proto: The serialized SentencePiece model (the bytes of a `.model` file).
@@ -61,9 +65,26 @@ class Tokenizer:
         self._proto = bytes(model_proto)
         self.name = name
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
-        # The in-graph tokenizer owns a TF resource; keep one per object so tf.data
-        # pipelines and exported functions capture the same handle.
-        self.tf_tokenizer = tf_text.SentencepieceTokenizer(model=self._proto, out_type=tf.int32)
+        self._tf_tokenizer: Any = None
+
+    @property
+    def tf_tokenizer(self) -> Any:
+        """The `tensorflow_text.SentencepieceTokenizer`, created on first use.
+
+        It owns a TF resource; one per object, so tf.data pipelines and exported functions
+        capture the same handle. Only TensorFlow users get here: the import is deferred.
+        """
+        if self._tf_tokenizer is None:
+            import tensorflow as tf
+            import tensorflow_text as tf_text
+
+            # First use may be inside a tf.data/tf.function trace; the resource must live
+            # outside it, or another graph could not use it.
+            with tf.init_scope():
+                self._tf_tokenizer = tf_text.SentencepieceTokenizer(
+                    model=self._proto, out_type=tf.int32
+                )
+        return self._tf_tokenizer
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
@@ -118,6 +139,8 @@ class Tokenizer:
         Returns:
             tf.string tensor, shape `()` for a `(len,)` input, else `(batch,)`.
         """
+        import tensorflow as tf  # only TensorFlow callers get here
+
         if isinstance(ids, tf.RaggedTensor):
             ids = ids.to_tensor(default_value=PAD_ID)
         ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
@@ -133,6 +156,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Python-side `tokenize` for one string: the same ids as the in-graph tokenizer."""
         return self._sp.encode(text, out_type=int)
+
+    def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
+        """`encode` for many strings at once (SentencePiece encodes a list in C++ threads)."""
+        return self._sp.encode(list(texts), out_type=int)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Python-side `detokenize` for one sequence (PAD/BOS dropped, cut at the first EOS)."""
