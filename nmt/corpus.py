@@ -2,29 +2,41 @@
 
 Two ways in, giving the same pairs in the same order:
 
-- `iter_pairs` streams `(src, tgt)` Python strings (tokenizer training, evaluation).
-- `load_pairs` returns a `tf.data.Dataset` of scalar `tf.string` pairs (training input).
-  For files it first streams through them once in Python to check alignment, decoding and
-  tabs, so every bad-input error is a `DataError` raised before any tf.data iteration;
-  then it reads them in-graph, which is what keeps the input pipeline fast.
+- `iter_pairs` streams `(src, tgt)` Python strings (tokenizer training, evaluation, the
+  Grain pipeline). No TensorFlow for `files`, `tsv` and `multi30k` from a local folder,
+  which is read straight from its files; only a Multi30k download and `tfds` need
+  tensorflow_datasets.
+- `load_pairs` returns a `tf.data.Dataset` of scalar `tf.string` pairs (the tf.data
+  pipeline). It reads files in-graph, which is what keeps that pipeline fast.
+
+`check_split` streams through a split's files once in Python to check alignment, decoding
+and tabs, so every bad-input error is a `DataError` raised before any pipeline runs;
+`load_pairs` calls it, the Grain pipeline too.
 
 Empty lines are passed through: the pipeline filters and counts them.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any
 
 from nmt import config as config_lib
 from nmt.config import DataConfig
-from nmt.errors import DataError
+from nmt.datasets import multi30k_layout
+from nmt.errors import DataError, NmtError
 from nmt.textio import is_gzip, iter_aligned, mismatch_error, read_lines
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 SPLITS = ("train", "validation", "test")
+TENSORFLOW_EXTRA = 'pip install "nmt[tensorflow]"'
+_MULTI30K_DOWNLOAD = (
+    f"downloading Multi30k (neither data.multi30k_dir nor ${config_lib.MULTI30K_ENV} is set)"
+)
 
 # (kind, resolved path, mtime_ns, size) -> line count, for files that passed validation.
 _VALIDATED: dict[tuple[str, str, int, int], int] = {}
@@ -76,6 +88,16 @@ def _lang_path(prefix: str | Path, lang: str) -> Path:
     raise DataError(f"file not found: {plain} (nor {plain}.gz)")
 
 
+def _import_extra(module: str, what: str) -> Any:
+    """Imports a module of the tensorflow extra, or says in one line that `what` needs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise NmtError(
+            f"{what} needs the tensorflow extra ({module} cannot be imported): " + TENSORFLOW_EXTRA
+        ) from None
+
+
 def iter_pairs(data_cfg: DataConfig, split: str) -> Iterator[tuple[str, str]]:
     """Streams the `(src, tgt)` sentence pairs of a split in corpus order.
 
@@ -95,7 +117,37 @@ def iter_pairs(data_cfg: DataConfig, split: str) -> Iterator[tuple[str, str]]:
         return iter_aligned(*pair_paths(name, data_cfg.src_lang, data_cfg.tgt_lang))
     if data_cfg.format == "tsv":
         return iter_tsv(name)
+    if data_cfg.format == "multi30k":
+        if config_lib.multi30k_dir(data_cfg):
+            return iter_aligned(*_multi30k_paths(data_cfg, name))
+        _import_extra("tensorflow_datasets", _MULTI30K_DOWNLOAD)
     return _decoded(load_pairs(data_cfg, split))
+
+
+def _multi30k_paths(data_cfg: DataConfig, split: str) -> tuple[Path, Path]:
+    """The files of a split in the configured local Multi30k folder, which must hold them."""
+    folder = Path(config_lib.multi30k_dir(data_cfg))
+    name = multi30k_layout.config_name(data_cfg.src_lang, data_cfg.tgt_lang)
+    paths = multi30k_layout.split_paths(folder, split, data_cfg.src_lang, data_cfg.tgt_lang)
+    _check_multi30k_dir(folder, name)
+    return paths
+
+
+def check_split(data_cfg: DataConfig, split: str) -> None:
+    """Streams once through a split's files (cached per path, mtime and size) so that bad
+    input raises here rather than in the middle of training.
+
+    Raises:
+        DataError: For missing, misaligned, undecodable or malformed files. Prepared tfds
+            datasets (format `tfds`, a downloaded Multi30k) are not checked again.
+    """
+    name = split_name(data_cfg, split)
+    if data_cfg.format == "files":
+        _validate_aligned(*pair_paths(name, data_cfg.src_lang, data_cfg.tgt_lang))
+    elif data_cfg.format == "tsv":
+        _validate(Path(name), "tsv")
+    elif data_cfg.format == "multi30k" and config_lib.multi30k_dir(data_cfg):
+        _validate_aligned(*_multi30k_paths(data_cfg, name))
 
 
 def _decoded(dataset: tf.data.Dataset) -> Iterator[tuple[str, str]]:
@@ -106,8 +158,8 @@ def _decoded(dataset: tf.data.Dataset) -> Iterator[tuple[str, str]]:
 def load_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
     """A dataset of `(src, tgt)` scalar `tf.string` pairs of a split, in corpus order.
 
-    Files are validated (alignment, UTF-8, tabs) before the dataset is built, so bad input
-    raises here rather than in the middle of training.
+    Files are validated (`check_split`) before the dataset is built, so bad input raises
+    here rather than in the middle of training. Needs TensorFlow.
 
     Args:
         data_cfg: Where the corpus comes from.
@@ -118,27 +170,32 @@ def load_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
 
     Raises:
         DataError: For missing, misaligned, undecodable or malformed input.
+        NmtError: TensorFlow (or for tfds datasets tensorflow_datasets) is not installed.
     """
     name = split_name(data_cfg, split)
+    if data_cfg.format == "tfds":
+        return _tfds_pairs(data_cfg, name)
+    tf = _import_extra("tensorflow", "the tf.data input pipeline")
+    check_split(data_cfg, split)
     if data_cfg.format == "files":
         src_path, tgt_path = pair_paths(name, data_cfg.src_lang, data_cfg.tgt_lang)
-        _validate_aligned(src_path, tgt_path)
         return tf.data.Dataset.zip(_text_lines(src_path), _text_lines(tgt_path))
     if data_cfg.format == "tsv":
-        _validate(Path(name), "tsv")
         return _text_lines(Path(name)).map(_split_tab, num_parallel_calls=tf.data.AUTOTUNE)
-    if data_cfg.format == "multi30k":
-        return _multi30k_pairs(data_cfg, name)
-    return _tfds_pairs(data_cfg, name)
+    return _multi30k_pairs(data_cfg, name)
 
 
 def _text_lines(path: Path) -> tf.data.Dataset:
+    import tensorflow as tf
+
     return tf.data.TextLineDataset(
         str(path), compression_type="GZIP" if is_gzip(path) else "", buffer_size=1 << 20
     )
 
 
 def _split_tab(line: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    import tensorflow as tf
+
     fields = tf.strings.split(line, "\t", maxsplit=2)
     return fields[0], fields[1]
 
@@ -163,33 +220,29 @@ def _validate(path: Path, kind: str) -> int:
 
 def _multi30k_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
     """Prepares (once per tfds data_dir) and loads the bundled Multi30k builder."""
+    name = multi30k_layout.config_name(data_cfg.src_lang, data_cfg.tgt_lang)
+    multi30k_layout.split_stem(split)  # an unknown split fails before any download
+    local = config_lib.multi30k_dir(data_cfg)  # checked by `check_split` when set
+    _import_extra("tensorflow_datasets", "format=multi30k in the tf.data pipeline")
     from nmt.datasets import multi30k  # tfds is slow to import; only needed here
 
-    name = multi30k.config_name(data_cfg.src_lang, data_cfg.tgt_lang)
-    if split not in multi30k.SPLIT_FILES:
-        raise DataError(
-            f"Multi30k has no split {split!r}; available: " + ", ".join(multi30k.SPLIT_FILES)
-        )
-    local = config_lib.multi30k_dir(data_cfg)
-    if local:
-        _check_multi30k_dir(Path(local), multi30k, name)
     builder = multi30k.Multi30k(config=name, data_dir=data_cfg.tfds_data_dir or None)
     builder.download_and_prepare(download_config=multi30k.download_config(local))
     return _read_split(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
 
 
-def _check_multi30k_dir(folder: Path, multi30k: Any, name: str) -> None:
+def _check_multi30k_dir(folder: Path, name: str) -> None:
     # A configured folder must be used, never silently replaced by a download.
     if not folder.is_dir():
         raise DataError(f"Multi30k folder not found: {folder}")
-    missing = multi30k.missing_files(folder, tuple(name.split("-")))
+    missing = multi30k_layout.missing_files(folder, tuple(name.split("-")))
     if missing:
         raise DataError(f"Multi30k folder {folder} lacks " + ", ".join(missing))
 
 
 def _tfds_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
     """Prepares and loads any tfds translation dataset by name."""
-    import tensorflow_datasets as tfds  # slow to import; only needed here
+    tfds = _import_extra("tensorflow_datasets", "data.format=tfds")  # slow: only here
 
     try:
         builder = tfds.builder(data_cfg.tfds_name, data_dir=data_cfg.tfds_data_dir or None)
@@ -216,6 +269,7 @@ def _check_languages(builder: Any, src_lang: str, tgt_lang: str) -> None:
 
 def _read_split(builder: Any, split: str, src_lang: str, tgt_lang: str) -> tf.data.Dataset:
     """Reads a prepared translation builder's split as `(src, tgt)`, in stored order."""
+    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     _check_languages(builder, src_lang, tgt_lang)

@@ -21,13 +21,28 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from nmt.config import MULTI30K_ENV
+from nmt.datasets.multi30k_layout import (  # re-exported: the builder's public names
+    LANGUAGES,
+    SPLIT_FILES,
+    config_name,
+    file_names,
+    missing_files,
+)
 from nmt.errors import DataError
 from nmt.textio import iter_aligned
 
-LANGUAGES = ("en", "de", "fr", "cs")
+__all__ = [
+    "LANGUAGES",
+    "SPLIT_FILES",
+    "Multi30k",
+    "Multi30kConfig",
+    "config_name",
+    "download_config",
+    "file_names",
+    "missing_files",
+]
+
 BASE_URL = "https://github.com/multi30k/dataset/raw/master/data/task1/raw/"
-# tfds split name -> file stem; a file is STEM.LANG.gz.
-SPLIT_FILES = {"train": "train", "validation": "val", "test_2016": "test_2016_flickr"}
 
 _CITATION = """\
 @inproceedings{elliott-etal-2016-multi30k,
@@ -45,40 +60,6 @@ class Multi30kConfig(tfds.core.BuilderConfig):
     """A Multi30k language pair, in the canonical order of `LANGUAGES`."""
 
     languages: tuple[str, str] = ("en", "de")
-
-
-def config_name(lang1: str, lang2: str) -> str:
-    """The builder config holding `lang1` and `lang2`, in either order.
-
-    Args:
-        lang1: One language code among en, de, fr, cs.
-        lang2: Another one.
-
-    Returns:
-        The config name, e.g. "en-de" for ("de", "en").
-
-    Raises:
-        DataError: For an unsupported language or twice the same language.
-    """
-    for lang in (lang1, lang2):
-        if lang not in LANGUAGES:
-            raise DataError(
-                f"Multi30k has no language {lang!r}; choose among " + ", ".join(LANGUAGES)
-            )
-    if lang1 == lang2:
-        raise DataError(f"source and target language are both {lang1!r}")
-    first, second = sorted((lang1, lang2), key=LANGUAGES.index)
-    return f"{first}-{second}"
-
-
-def file_names(languages: tuple[str, str]) -> list[str]:
-    """The raw file names a local folder must hold for a language pair (all splits)."""
-    return [f"{stem}.{lang}.gz" for stem in SPLIT_FILES.values() for lang in languages]
-
-
-def missing_files(folder: str | Path, languages: tuple[str, str]) -> list[str]:
-    """The file names of `file_names(languages)` that `folder` lacks."""
-    return [name for name in file_names(languages) if not (Path(folder) / name).is_file()]
 
 
 def _holds_any(folder: Path, languages: tuple[str, str]) -> bool:
