@@ -23,10 +23,14 @@ whitespace, control characters) give empty strings without reaching the model. T
 does not split a request into `decoding.batch_size` chunks: callers choose their batch size.
 
 The decoding settings baked into the graph are written to `OUT_DIR/nmt_export.json`.
+
+Export needs the `tensorflow` extra and `KERAS_BACKEND=tensorflow`, whichever backend trained
+the run (weights are backend-neutral); `require_tensorflow` says so in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,7 +42,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import keras
-import tensorflow as tf
+
+try:
+    import tensorflow as tf
+except ImportError:  # the base install: `require_tensorflow` names the extra to add
+    tf = None
 
 from nmt.config import EOS_ID, PAD_ID, DecodingConfig
 from nmt.errors import NmtError
@@ -48,6 +56,38 @@ log = logging.getLogger("nmt")
 
 ENDPOINT = "translate"
 SETTINGS_FILE = "nmt_export.json"
+TENSORFLOW_MISSING = 'nmt export needs the tensorflow extra: pip install "nmt[tensorflow]"'
+
+
+def require_tensorflow() -> None:
+    """Checks that TensorFlow, tensorflow_text and the TensorFlow backend are there.
+
+    Raises:
+        NmtError: one line naming what is missing and how to get it.
+    """
+    try:
+        import tensorflow_text  # noqa: F401  (registers the in-graph SentencePiece ops)
+    except ImportError as exc:
+        raise NmtError(f"{TENSORFLOW_MISSING} (cannot import {exc.name})") from None
+    if tf is None or keras.backend.backend() != "tensorflow":
+        raise NmtError(
+            "exporting a SavedModel needs KERAS_BACKEND=tensorflow, not "
+            f"{keras.backend.backend()} (a run trained under any backend exports)"
+        )
+
+
+def hide_gpus() -> None:
+    """Hides GPUs from TensorFlow, for an export that runs on CPU-only servers too.
+
+    Traced with a GPU visible, Keras' GRU becomes cuDNN ops that have no CPU kernel. Call it
+    before TensorFlow initializes; in-process use after that gets `export`'s warning instead.
+
+    Raises:
+        NmtError: from `require_tensorflow`.
+    """
+    require_tensorflow()
+    with contextlib.suppress(RuntimeError):  # TensorFlow is already initialized
+        tf.config.set_visible_devices([], "GPU")
 
 
 def _round_up(n: tf.Tensor, multiple: int) -> tf.Tensor:
@@ -225,13 +265,10 @@ def export(
 
     Raises:
         RunDirError: `run_dir` is missing or has no trained model.
-        NmtError: bad decoding options, a destination that would lose data, or a Keras
-            backend other than TensorFlow.
+        NmtError: bad decoding options, a destination that would lose data, TensorFlow
+            missing or a Keras backend other than TensorFlow.
     """
-    if keras.backend.backend() != "tensorflow":
-        raise NmtError(
-            f"exporting a SavedModel needs KERAS_BACKEND=tensorflow, not {keras.backend.backend()}"
-        )
+    require_tensorflow()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_out_dir(out_dir, run_dir, force)
     if tf.config.list_logical_devices("GPU"):

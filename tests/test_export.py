@@ -52,6 +52,27 @@ LOAD_SCRIPT = textwrap.dedent(
     """
 )
 
+# The base install under JAX: TensorFlow cannot be imported. Prints what `export` says.
+NO_TENSORFLOW_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.modules["tensorflow"] = None  # any import of TensorFlow now raises ImportError
+    from nmt import export
+    from nmt.errors import NmtError
+    said = []
+    for call in (export.hide_gpus, lambda: export.export(sys.argv[1], sys.argv[2])):
+        try:
+            call()
+        except NmtError as exc:
+            said.append(str(exc))
+    print(json.dumps(said))
+    """
+)
+NO_TENSORFLOW_CLI = (
+    'import sys; sys.modules["tensorflow"] = None; from nmt import cli; '
+    "sys.exit(cli.main(sys.argv[1:]))"
+)
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_corpus) -> Path:
@@ -208,3 +229,39 @@ def test_out_dir_that_cannot_be_created_is_an_error(capsys, run_dir, tmp_path):
     (tmp_path / "file").write_text("x")
     err = _error(capsys, ["export", str(run_dir), str(tmp_path / "file" / "out")])
     assert f"cannot write the export to {tmp_path / 'file' / 'out'}" in err
+
+
+def _without_tensorflow(script: str, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[1],
+        timeout=300,
+    )
+
+
+def test_export_without_tensorflow_names_the_extra(run_dir, tmp_path):
+    done = _without_tensorflow(NO_TENSORFLOW_SCRIPT, run_dir, tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(said) == 2 and said[0] == said[1]
+    assert said[0].startswith(f"{export.TENSORFLOW_MISSING} (cannot import tensorflow")
+    assert 'pip install "nmt[tensorflow]"' in said[0] and "\n" not in said[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="nmt.cli.cmd_export imports tensorflow itself (a traceback without it); "
+    "it must go through nmt.export.hide_gpus and catch the ImportError of its import",
+)
+def test_cli_export_without_tensorflow_is_one_line(run_dir, tmp_path):
+    done = _without_tensorflow(NO_TENSORFLOW_CLI, "export", run_dir, tmp_path / "out")
+    assert done.returncode == cli.EXIT_USER_ERROR, done.stderr[-3000:]
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith(f"nmt: error: {export.TENSORFLOW_MISSING}")
+    )
+    assert "Traceback" not in done.stderr
