@@ -126,6 +126,13 @@ def test_load_pairs_raises_before_any_iteration(tmp_path, case):
         corpus.load_pairs(bad_inputs(tmp_path)[case], "train")
 
 
+@pytest.mark.parametrize("case", ["mismatch", "undecodable", "no tab", "missing"])
+def test_check_split_finds_what_iterating_would(tmp_path, case):
+    # The Grain pipeline calls it before reading: bad input fails before training starts.
+    with pytest.raises(DataError):
+        corpus.check_split(bad_inputs(tmp_path)[case], "train")
+
+
 def test_validation_cache_notices_a_changed_file(tmp_path):
     write(tmp_path / "c.de", SRC)
     tgt = write(tmp_path / "c.en", TGT)

@@ -82,6 +82,16 @@ def test_corpus_picks_direction(folder, tmp_path, src, tgt):
     ]
 
 
+def test_iter_pairs_reads_a_folder_without_tfds(folder, tmp_path):
+    # Straight from the files: no tfds preparation (and no TensorFlow) for the Grain path.
+    data_cfg = cfg(folder, tmp_path / "tfds")
+    assert list(corpus.iter_pairs(data_cfg, "validation")) == [
+        (line("val", "en", i), line("val", "de", i)) for i in range(3)
+    ]
+    corpus.check_split(data_cfg, "validation")
+    assert not (tmp_path / "tfds").exists()
+
+
 def test_env_var_folder(folder, tmp_path, monkeypatch):
     monkeypatch.setenv(MULTI30K_ENV, str(folder))
     data_cfg = cfg("", tmp_path / "tfds")

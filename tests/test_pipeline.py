@@ -214,6 +214,20 @@ def test_engines_yield_identical_batches(tokenizers, corpus_cfg, cfg):
     assert [w for _, w in tail] == sorted(w for _, w in tail)
 
 
+def test_engines_agree_when_whole_chunks_are_dropped(tmp_path, tokenizers):
+    # The Grain engine tokenizes chunks of pairs; a run of chunks with nothing kept in them
+    # must neither end the epoch early nor change the batches.
+    pairs = [("", "x")] * 700 + [(f"ka lo {w}", f"{w} mi") for w in WORDS]
+    data_cfg = write_files(tmp_path, pairs)
+    cfg = train_cfg(batch_size=4)
+    tf_batches = engine_batches("tfdata", data_cfg, tokenizers, cfg)
+    grain_batches = engine_batches("grain", data_cfg, tokenizers, cfg)
+    assert sum(b[0].shape[0] for b in grain_batches) == len(WORDS)
+    assert [[a.tolist() for a in b] for b in grain_batches] == [
+        [a.tolist() for a in b] for b in tf_batches
+    ]
+
+
 def test_engines_count_the_same(tokenizers, corpus, corpus_cfg):
     src_tok, tgt_tok = tokenizers
     empty = too_long = 0

@@ -91,6 +91,17 @@ def test_tokenize_in_tf_data_and_tf_function(synthetic_tok):
     assert as_text(round_trip(tf.constant(sentences))) == sentences
 
 
+def test_in_graph_tokenizer_first_used_inside_a_trace(synthetic_tok):
+    # It is created lazily (so that the module needs no TensorFlow); created inside one
+    # graph it must still serve eager code and other graphs.
+    tok = Tokenizer(synthetic_tok.model_proto)
+    sentences = synthetic_sentences(10, 11)
+    ds = tf.data.Dataset.from_tensor_slices(sentences).map(tok.tokenize)
+    assert [x.numpy().tolist() for x in ds] == [tok.encode(s) for s in sentences]
+    assert tok.tokenize(tf.constant(sentences)).to_list() == tok.encode_batch(sentences)
+    assert as_text(tf.function(tok.detokenize)(tok.tokenize(tf.constant(sentences)))) == sentences
+
+
 def test_detokenize_dense_padded_cuts_at_eos(synthetic_tok):
     a, b = synthetic_tok.encode("kalo mine"), synthetic_tok.encode("ru")
     dense = tf.constant(
