@@ -73,6 +73,7 @@ def make_batches(
         epoch: The training epoch whose shuffle order to produce; None: no shuffling.
         skip: Batches to drop at the start: a resumed epoch's consumed batches.
         engine: "tfdata" or "grain"; None picks by Keras backend (`default_engine`).
+            Keras' TensorFlow backend cannot fit on Grain batches of varying widths.
 
     Returns:
         A `tf.data.Dataset` or a `grain.IterDataset` of `((src_ids, tgt_in_ids),

@@ -13,8 +13,11 @@ the two engines give different training orders. Each is a pure function of
 `(training.seed, epoch)`, so a resumed run that skips `k` batches lands where it stopped.
 
 Elements are `((src_ids, tgt_in_ids), tgt_out_ids)`, int32 numpy `(batch, len)`; Keras'
-`model.fit` takes the returned `grain.IterDataset` on every backend. Iterators support
-Grain's `get_state` / `set_state` (a position; restoring replays the epoch up to it).
+`model.fit` takes the returned `grain.IterDataset` under JAX and PyTorch. Not under
+TensorFlow: there Keras turns it into a tf.data generator whose shapes are fixed by the
+first two batches, and a later bucket width fails; TensorFlow uses the tf.data engine.
+Iterators support Grain's `get_state` / `set_state` (a position; restoring replays the
+epoch up to it).
 """
 
 from __future__ import annotations
