@@ -71,35 +71,55 @@ class RunKeeper(keras.callbacks.Callback):
     ):
         super().__init__()
         self.run, self.cfg, self.validation_score = run, cfg, validation_score
-        self.state = {"metrics_lines": 0, **state}
+        self.state = {"metrics_lines": 0, **state, "metric": cfg.early_stopping_metric}
         self.stop_reason: str | None = None
         self.epoch = self.state.get("epoch", 0)
         self.batches = self.batches_before = self.state.get("batches", 0)
-        self.last_checkpoint = self.state.get("step", 0)
+        self.step = self.steps_before = self.last_checkpoint = self.state.get("step", 0)
+        self.seen = None  # _counters after the last batch Keras reported
 
-    @property
-    def step(self) -> int:
-        return int(self.model.optimizer.iterations)
+    def on_train_begin(self, logs=None):
+        # The optimizer's iteration count and the dropout seed states.
+        self.counters = [self.model.optimizer.iterations, *rng_variables(self.model)]
 
     def start_epoch(self, epoch: int, skipped_batches: int) -> None:
         self.epoch, self.batches_before, self.batches = epoch, skipped_batches, skipped_batches
+        self.steps_before, self.seen = self.step, None
 
     def on_train_batch_end(self, batch, logs=None):
+        # Steps count the batches trained on, not optimizer.iterations (which skips the
+        # steps loss scaling drops under mixed_float16).
         self.batches = self.batches_before + batch + 1
+        self.step = self.steps_before + batch + 1
+        self.seen = [keras.ops.convert_to_numpy(v) for v in self.counters]
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self._stop("diverged")
-            return
+        elif self.cfg.max_steps and self.step >= self.cfg.max_steps:
+            self._stop("max_steps")  # on_epoch_end validates, then checkpoints
         # ">=" rather than "%": with steps_per_execution > 1 Keras reports every few steps.
-        if (
+        elif (
             self.cfg.checkpoint_every
             and self.step - self.last_checkpoint >= self.cfg.checkpoint_every
         ):
             self.save_checkpoint()
-        if self.cfg.max_steps and self.step >= self.cfg.max_steps:
-            self._stop("max_steps")
+
+    def close_epoch(self, epoch: int) -> None:
+        """Marks `epoch` done when a resumed run finds no batches left in it (its last
+        validation was recorded when it stopped there)."""
+        self.epoch, self.batches = epoch + 1, 0
+        self.state.update(epoch=self.epoch, batches=0)
+        rundir.commit_state(self.run, self.state)
 
     def on_epoch_end(self, epoch, logs=None):
+        # Keras' TensorFlow trainer finds the end of a dataset of unknown length with one
+        # more step call that updates nothing but still advances the iteration counter and
+        # the dropout seeds. Adam's bias correction, the learning-rate schedule and dropout
+        # read them, so a run resumed at an epoch's end would differ from one that ran
+        # through it: undo that phantom step.
+        if self.seen is not None:
+            for v, value in zip(self.counters, self.seen, strict=True):
+                v.assign(value)
         if self.stop_reason == "diverged" or not self._weights_finite():
             return  # never checkpoint or keep weights from a diverged model
         # Stopped by max_steps: Keras validated anyway; record it as the partial epoch it is

@@ -11,22 +11,27 @@ A run directory holds everything a run needs and makes:
     best.weights.h5              a hard link to the best weights, for users and `nmt translate`
     metrics.jsonl                one JSON line per validation
     logs/                        TensorBoard
+    .lock                        held by the process training this run
 
-Crash consistency: every file is written to a temporary name, fsync'd and renamed. A
-checkpoint writes its weight files first, then `state.json` (the commit point), then
-publishes `best.weights.h5` and deletes what `state.json` no longer names. `reconcile()`,
-run before training resumes, finishes whatever a kill interrupted: it removes temporary and
-unnamed files, cuts `metrics.jsonl` back to the lines `state.json` counts and re-publishes
-the best weights. So whatever instant a kill lands, the files agree after the next start.
+Crash consistency: files are written to a temporary name, fsync'd and renamed
+(`metrics.jsonl` is appended and fsync'd; TensorBoard writes its own logs). A checkpoint
+writes its weight files first, then `state.json` (the commit point), then publishes
+`best.weights.h5` and deletes what `state.json` no longer names. `reconcile()`, run before
+training resumes, finishes whatever a kill interrupted: it removes temporary and unnamed
+files, cuts `metrics.jsonl` back to the lines `state.json` counts and re-publishes the best
+weights. So whatever instant a kill lands, these files agree after the next start.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+from nmt.config import FORMAT_KEY, FORMAT_VERSION
 from nmt.errors import RunDirError
 
 CONFIG_FILE = "config.yaml"
@@ -38,6 +43,7 @@ BEST_WEIGHTS = "best.weights.h5"
 METRICS_FILE = "metrics.jsonl"
 LOGS_DIR = "logs"
 EVAL_DIR = "eval"
+LOCK_FILE = ".lock"
 # Temporary files are "tmp." + the final name (Keras wants the ".weights.h5" suffix kept).
 TMP_PREFIX = "tmp."
 
@@ -124,8 +130,21 @@ def read_state(run: RunDir) -> dict[str, Any]:
         state = json.loads(run.state.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:
         raise RunDirError(f"cannot read {run.state}: {exc}") from None
-    if not isinstance(state, dict) or "weights" not in state:
-        raise RunDirError(f"{run.state} is not an nmt training state")
+    expected = {"epoch": int, "batches": int, "step": int, "weights": str, "rng": list}
+    if not isinstance(state, dict) or not all(
+        isinstance(state.get(k), t) for k, t in expected.items()
+    ):
+        if isinstance(state, dict) and FORMAT_KEY not in state:
+            raise RunDirError(
+                f"{run.state} was written by an older nmt, which cannot resume exactly; "
+                "train in a new --run-dir (its best weights still translate)"
+            )
+        raise RunDirError(f"{run.state} is not an nmt training state (damaged?)")
+    if state[FORMAT_KEY] > FORMAT_VERSION:
+        raise RunDirError(
+            f"{run.state} was written by a newer nmt ({FORMAT_KEY} {state[FORMAT_KEY]}); "
+            "upgrade nmt to resume it"
+        )
     return state
 
 
@@ -142,6 +161,11 @@ def publish_best(run: RunDir, state: dict[str, Any]) -> None:
     if not name:
         return
     source = run.checkpoint / name
+    if not source.is_file():
+        raise RunDirError(
+            f"{source}, the best weights {run.state} names, is missing; restore it or train "
+            "in a new --run-dir"
+        )
     if run.best_weights.exists() and os.path.samefile(source, run.best_weights):
         return
     link(source, run.best_weights)
@@ -154,7 +178,9 @@ def link(source: Path, dest: Path) -> None:
     try:
         os.link(source, tmp)  # no second copy of the weights on disk
     except OSError:
-        tmp.write_bytes(source.read_bytes())
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
     os.replace(tmp, dest)
     fsync_dir(dest.parent)
 
@@ -163,10 +189,17 @@ def remove_unnamed(run: RunDir, state: dict[str, Any]) -> None:
     """Deletes weight files and temporaries of checkpoints that `state` no longer names."""
     keep = {STATE_FILE, state.get("weights"), state.get("best_weights")}
     for path in run.checkpoint.glob("*"):
-        if path.name not in keep:
+        if path.name not in keep and path.is_file():
             path.unlink(missing_ok=True)
-    for path in run.path.glob(TMP_PREFIX + "*"):
-        path.unlink(missing_ok=True)
+    remove_temporaries(run)
+
+
+def remove_temporaries(run: RunDir) -> None:
+    """Deletes what a killed write left behind, in every folder nmt writes to."""
+    for folder in (run.path, run.checkpoint, run.tokenizer, run.eval):
+        for path in folder.glob(TMP_PREFIX + "*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def reconcile(run: RunDir) -> dict[str, Any]:
@@ -175,11 +208,11 @@ def reconcile(run: RunDir) -> dict[str, Any]:
     Returns:
         The committed state ({} when training never checkpointed).
     """
-    for path in run.path.glob(TMP_PREFIX + "*"):
-        path.unlink(missing_ok=True)
+    remove_temporaries(run)
     state = read_state(run)
     if not state:  # killed before the first checkpoint: training starts from scratch
         run.metrics.unlink(missing_ok=True)
+        remove_unnamed(run, state)
         return state
     remove_unnamed(run, state)
     publish_best(run, state)
@@ -188,6 +221,29 @@ def reconcile(run: RunDir) -> dict[str, Any]:
         kept = run.metrics.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
         atomic_write(run.metrics, "".join(kept))
     return state
+
+
+class Lock:
+    """An exclusive lock on a run directory for one training process (released on exit,
+    however the process ends: the kernel drops it with the file descriptor)."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def __enter__(self) -> Lock:
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.run.path / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise RunDirError(
+                f"{self.run} is being trained by another process; wait for it or stop it"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
 
 
 def trained_weights(run: RunDir) -> Path:

@@ -125,13 +125,28 @@ def resolve_precision(precision: str) -> str:
 
 
 def _gpu_visible() -> bool:
-    if keras.backend.backend() == "jax":
+    backend = keras.backend.backend()
+    if backend == "jax":
         import jax
 
         return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _tensorboard(run: RunDir) -> list[keras.callbacks.Callback]:
+    """Keras' TensorBoard callback, which writes with tf.summary: only with TensorFlow."""
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        log.info("no TensorBoard logs: they need the tensorflow extra (metrics.jsonl has all)")
+        return []
+    return [keras.callbacks.TensorBoard(str(run.logs))]
 
 
 def learning_rate(cfg: TrainingConfig):
@@ -181,24 +196,37 @@ def train(
     Raises:
         TrainingDiverged: the loss became NaN/Inf; the best weights are left untouched.
     """
+    if cfg.training.early_stopping_metric == "bleu" and validation_score is None:
+        raise ConfigError(
+            "training.early_stopping_metric=bleu needs a validation_score function, "
+            "e.g. nmt.evaluation.validation_bleu(cfg, run_dir)"
+        )
     run = RunDir(run_dir)
-    prepare(cfg, run.path)
-    state = rundir.reconcile(run)
-    if _finished(state, cfg.training):
-        log.info("training already finished: %s", describe_state(state))
-        return state
+    with rundir.Lock(run):
+        prepare(cfg, run.path)
+        state = _resumable_state(cfg, rundir.reconcile(run))
+        if _finished(state, cfg.training):
+            log.info("training already finished: %s", describe_state(state))
+            return state
+        return _fit_epochs(cfg, run, state, validation_score)
+
+
+def _fit_epochs(cfg: Config, run: RunDir, state: dict[str, Any], validation_score):
     model, train_batches, validation = _build(cfg, run, state)
-    keeper = RunKeeper(run, cfg.training, state, validation_score)
-    callbacks = [
-        keeper,
-        keras.callbacks.TensorBoard(str(run.logs)),
-        EpochProgress(cfg.training.epochs),
-    ]
+    keeper = RunKeeper(
+        run, cfg.training, {**state, "batch_order": _batch_order(cfg)}, validation_score
+    )
+    callbacks = [keeper, *_tensorboard(run), EpochProgress(cfg.training.epochs)]
     skip = state.get("batches", 0)  # the resumed epoch's batches consumed before the kill
     for epoch in range(state.get("epoch", 0), cfg.training.epochs):
+        batches = train_batches(epoch).skip(skip)
+        if skip and _exhausted(batches):
+            keeper.close_epoch(epoch)  # stopped by max_steps on the epoch's last batch
+            skip = 0
+            continue
         keeper.start_epoch(epoch, skip)
         model.fit(
-            train_batches(epoch).skip(skip),
+            batches,
             validation_data=validation,
             initial_epoch=epoch,
             epochs=epoch + 1,
@@ -216,6 +244,41 @@ def train(
             "training.learning_rate or set training.clip_norm, then run again to resume"
         )
     return keeper.state
+
+
+def _exhausted(batches) -> bool:
+    return next(iter(batches.take(1)), None) is None
+
+
+def _batch_order(cfg: Config) -> dict[str, Any]:
+    """What decides which batches an epoch yields, in which order."""
+    t = cfg.training
+    keys = ("seed", "batch_by", "batch_size", "max_tokens", "bucket_width", "shuffle_buffer")
+    return {"data": cfg.to_dict()["data"], **{k: getattr(t, k) for k in keys}}
+
+
+def _resumable_state(cfg: Config, state: dict[str, Any]) -> dict[str, Any]:
+    """The committed state, checked against the config it resumes with.
+
+    Raises:
+        ConfigError: the run selects its best model by another metric.
+    """
+    if not state:
+        return state
+    metric = cfg.training.early_stopping_metric
+    if state.get("metric", metric) != metric:
+        raise ConfigError(
+            f"this run selects its best weights by validation {state['metric']}, not {metric}; "
+            f"keep training.early_stopping_metric={state['metric']} or use a new --run-dir"
+        )
+    if state.get("batch_order") != _batch_order(cfg) and state.get("batches"):
+        log.warning(
+            "data or batching settings changed since the checkpoint: epoch %d restarts from "
+            "its first batch (the position inside it would not mean the same batches)",
+            state["epoch"] + 1,
+        )
+        state = {**state, "batches": 0}
+    return state
 
 
 def _build(cfg: Config, run: RunDir, state: dict[str, Any]):
