@@ -321,6 +321,7 @@ def _check_values(cfg: Config, prefix: Prefix = lambda name: "") -> None:
         ("model.maxout_units", m.maxout_units, "positive"),
         ("model.dropout", m.dropout, "in [0, 1)"),
         ("model.recurrent_dropout", m.recurrent_dropout, "in [0, 1)"),
+        ("training.seed", t.seed, "at least 0"),
         ("training.epochs", t.epochs, "at least 1"),
         ("training.max_steps", t.max_steps, "at least 0"),
         ("training.batch_size", t.batch_size, "positive"),

@@ -184,6 +184,7 @@ def test_file_that_is_not_utf8_or_unreadable(tmp_path, monkeypatch):
     "override, message",
     [
         ("training.epochs=0", "training.epochs must be at least 1, got 0"),
+        ("training.seed=-1", "training.seed must be at least 0, got -1"),
         ("training.steps_per_execution=0", "training.steps_per_execution must be at least 1"),
         ("training.checkpoint_every=-1", "training.checkpoint_every must be at least 0, got -1"),
         ("training.learning_rate=-0.1", "training.learning_rate must be at least 0"),
