@@ -43,8 +43,8 @@ Design, shared by both searches:
   outside tf.function / jax.jit; pass `max_steps` there). T does not shrink when every
   sentence finishes early: rows are right-padded with PAD, so callers strip PADs.
 - Returned ids never contain BOS or EOS; PAD (0) follows the last token.
-- Only `keras` and `keras.ops` are used, so search runs under the TensorFlow and JAX
-  backends alike.
+- Only `keras` and `keras.ops` are used, so search runs under the TensorFlow, JAX and
+  PyTorch backends alike (eagerly under PyTorch: `ops.while_loop` is a Python loop there).
 """
 
 from __future__ import annotations
