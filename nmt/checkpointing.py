@@ -2,7 +2,7 @@
 
 A checkpoint records the exact position of training: the epoch, how many of its batches
 were consumed, the optimizer step, weights with optimizer state, and the dropout RNG state.
-Together with the pipeline's per-epoch shuffle order (`pipeline.make_dataset(epoch=...)`),
+Together with the pipeline's per-epoch shuffle order (`pipeline.make_batches(epoch=...)`),
 that lets a killed run continue with the very batches and random numbers an uninterrupted
 run would have used. See `nmt.rundir` for how the files stay consistent across a kill.
 """
@@ -79,8 +79,11 @@ class RunKeeper(keras.callbacks.Callback):
         self.seen = None  # _counters after the last batch Keras reported
 
     def on_train_begin(self, logs=None):
-        # The optimizer's iteration count and the dropout seed states.
+        # The optimizer's iteration count and the dropout seed states (see on_epoch_end).
         self.counters = [self.model.optimizer.iterations, *rng_variables(self.model)]
+        # Reading them after every batch is cheap under TensorFlow; under JAX it would sync
+        # the whole model state every step, and its trainer takes no phantom step.
+        self.undo_phantom_step = keras.backend.backend() == "tensorflow"
 
     def start_epoch(self, epoch: int, skipped_batches: int) -> None:
         self.epoch, self.batches_before, self.batches = epoch, skipped_batches, skipped_batches
@@ -91,7 +94,8 @@ class RunKeeper(keras.callbacks.Callback):
         # steps loss scaling drops under mixed_float16).
         self.batches = self.batches_before + batch + 1
         self.step = self.steps_before + batch + 1
-        self.seen = [keras.ops.convert_to_numpy(v) for v in self.counters]
+        if self.undo_phantom_step:
+            self.seen = [keras.ops.convert_to_numpy(v) for v in self.counters]
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self._stop("diverged")

@@ -59,7 +59,7 @@ def prepare(cfg: Config, run_dir: str | Path) -> dict[str, dict[str, int]]:
     Returns:
         The counts per split, as written to `data_stats.json`.
     """
-    from nmt import corpus, pipeline, tokenizer
+    from nmt import pipeline, tokenizer
 
     run = RunDir(run_dir)
     write_config(cfg, run)
@@ -70,9 +70,7 @@ def prepare(cfg: Config, run_dir: str | Path) -> dict[str, dict[str, int]]:
         counts = stats["counts"]
     else:
         counts = {
-            split: pipeline.count_filtered(
-                corpus.load_pairs(cfg.data, split), src_tok, tgt_tok, cfg.data
-            )
+            split: pipeline.count_split(cfg.data, split, src_tok, tgt_tok)
             for split in ("train", "validation")
         }
         rundir.atomic_write(
@@ -219,7 +217,7 @@ def _fit_epochs(cfg: Config, run: RunDir, state: dict[str, Any], validation_scor
     callbacks = [keeper, *_tensorboard(run), EpochProgress(cfg.training.epochs)]
     skip = state.get("batches", 0)  # the resumed epoch's batches consumed before the kill
     for epoch in range(state.get("epoch", 0), cfg.training.epochs):
-        batches = train_batches(epoch).skip(skip)
+        batches = train_batches(epoch, skip)
         if skip and _exhausted(batches):
             keeper.close_epoch(epoch)  # stopped by max_steps on the epoch's last batch
             skip = 0
@@ -247,14 +245,21 @@ def _fit_epochs(cfg: Config, run: RunDir, state: dict[str, Any], validation_scor
 
 
 def _exhausted(batches) -> bool:
-    return next(iter(batches.take(1)), None) is None
+    return next(iter(batches), None) is None
 
 
 def _batch_order(cfg: Config) -> dict[str, Any]:
-    """What decides which batches an epoch yields, in which order."""
+    """What decides which batches an epoch yields, in which order (the two input engines
+    shuffle differently, so a run resumed under another backend restarts its epoch)."""
+    from nmt import pipeline
+
     t = cfg.training
     keys = ("seed", "batch_by", "batch_size", "max_tokens", "bucket_width", "shuffle_buffer")
-    return {"data": cfg.to_dict()["data"], **{k: getattr(t, k) for k in keys}}
+    return {
+        "engine": pipeline.default_engine(),
+        "data": cfg.to_dict()["data"],
+        **{k: getattr(t, k) for k in keys},
+    }
 
 
 def _resumable_state(cfg: Config, state: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +289,7 @@ def _resumable_state(cfg: Config, state: dict[str, Any]) -> dict[str, Any]:
 def _build(cfg: Config, run: RunDir, state: dict[str, Any]):
     """The compiled model, restored from `state`; a function of the epoch giving that
     epoch's training batches; the validation batches."""
-    from nmt import corpus, pipeline, tokenizer
+    from nmt import pipeline, tokenizer
     from nmt.model import build_model
 
     keras.utils.set_random_seed(cfg.training.seed)
@@ -299,11 +304,12 @@ def _build(cfg: Config, run: RunDir, state: dict[str, Any]):
         log.info("resuming from %s: %s", run.checkpoint, describe_position(state))
     log.info("training %s params, precision %s", f"{model.count_params():,}", policy)
 
-    def batches(split: str, epoch: int | None = None):
-        pairs = corpus.load_pairs(cfg.data, split)
-        return pipeline.make_dataset(pairs, src_tok, tgt_tok, cfg.data, cfg.training, epoch=epoch)
+    def batches(split: str, epoch: int | None = None, skip: int = 0):
+        return pipeline.make_batches(
+            cfg.data, cfg.training, split, src_tok, tgt_tok, epoch=epoch, skip=skip
+        )
 
-    return model, lambda epoch: batches("train", epoch), batches("validation")
+    return model, lambda epoch, skip: batches("train", epoch, skip), batches("validation")
 
 
 def _apply_config_learning_rate(model: keras.Model, cfg: TrainingConfig) -> None:
