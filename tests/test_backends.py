@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -22,10 +23,6 @@ from .conftest import REPO, tiny_config
 TORCH_MISSING = 'PyTorch is not installed (pip install "nmt[torch]"): its backend is not checked'
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason=TORCH_MISSING)
 TORCH = pytest.param("torch", marks=needs_torch)
-JAX_TRAINING_PENDING = (
-    "training under KERAS_BACKEND=jax needs the Grain input pipeline (issue 8, item 2): "
-    "nmt.training still builds its input with tf.data"
-)
 
 # Runs `nmt` commands given as a JSON list of argument lists, in one interpreter.
 CLI_SCRIPT = """
@@ -120,25 +117,30 @@ def test_translate_and_evaluate_without_tensorflow(backend, tiny_run, tiny_corpu
     assert (tmp_path / "val.en.hyp").read_text().splitlines() == translator.translate(val)
 
 
-@pytest.mark.skip(reason=JAX_TRAINING_PENDING)
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="exports in this process: needs TensorFlow"
+)
 def test_jax_trained_run_exports_and_translates_the_same(tiny_corpus, tmp_path):
+    """`nmt train` and `nmt translate` under JAX without TensorFlow; then, under TensorFlow,
+    the Translator and the exported SavedModel give the JAX translations."""
     import tensorflow as tf
 
     from nmt import cli
 
     config = tmp_path / "tiny.yaml"
-    config.write_text(tiny_config(tiny_corpus, "model.attention=additive").to_yaml())
+    settings = ("model.attention=additive", "training.learning_rate=0.01", "training.epochs=4")
+    config.write_text(tiny_config(tiny_corpus, *settings).to_yaml())
     lines = ["a man runs", "", "the small dog sits on the blue house", "cat"]
     source = tmp_path / "in.en"
     source.write_text("\n".join(lines) + "\n")
     run = tmp_path / "run"
     _nmt(
         "jax",
-        ["train", config, "--run-dir", run, "--set", "training.max_steps=20"],
+        ["train", config, "--run-dir", run],
         ["translate", run, "--input", source, "--output", tmp_path / "jax.de"],
     )
     under_jax = (tmp_path / "jax.de").read_text().splitlines()
-    assert any(under_jax)
+    assert sum(map(bool, under_jax)) >= 2  # not a comparison of empty strings
     assert Translator.from_run_dir(run).translate(lines) == under_jax
     assert cli.main(["export", str(run), str(tmp_path / "export")]) == 0
     serve = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"]
