@@ -166,16 +166,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import contextlib
-
-    import tensorflow as tf
-
-    # Traced with a GPU visible, Keras' GRU becomes cuDNN ops that have no CPU kernel: the
-    # SavedModel would not run on CPU-only servers. The generic graph runs anywhere.
-    # RuntimeError: TensorFlow is already initialized (in-process use); export() warns then.
-    with contextlib.suppress(RuntimeError):
-        tf.config.set_visible_devices([], "GPU")
-    from nmt import export
+    # A SavedModel is TensorFlow's whichever backend trained the run (weights are
+    # backend-neutral); Keras reads KERAS_BACKEND once, at its first import.
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+    try:
+        from nmt import export
+    except ImportError:  # Keras cannot load its TensorFlow backend
+        raise NmtError(
+            'nmt export needs the tensorflow extra: pip install "nmt[tensorflow]"'
+        ) from None
+    export.hide_gpus()  # before TensorFlow starts; one line if tensorflow_text is missing
 
     out_dir = args.out_dir or str(Path(args.run_dir) / "export")
     settings = export.export(
@@ -253,10 +254,24 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
 
 
+def _load_keras() -> None:
+    """Imports Keras, turning a backend that is not installed into one line."""
+    try:
+        import keras  # noqa: F401
+    except ImportError as exc:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        raise NmtError(
+            f"Keras cannot load its {backend} backend ({exc}); install its extra, e.g. "
+            'pip install "nmt[tensorflow]", or choose another with KERAS_BACKEND=jax|torch'
+        ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        if args.command != "export":  # export picks its own backend
+            _load_keras()
         return args.func(args)
     except NmtError as exc:
         print(f"nmt: error: {exc}", file=sys.stderr)

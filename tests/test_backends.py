@@ -18,7 +18,7 @@ import pytest
 
 from nmt.translator import Translator, _pad_for_jit
 
-from .conftest import REPO, tiny_config
+from .conftest import REPO
 
 TORCH_MISSING = 'PyTorch is not installed (pip install "nmt[torch]"): its backend is not checked'
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason=TORCH_MISSING)
@@ -117,30 +117,61 @@ def test_translate_and_evaluate_without_tensorflow(backend, tiny_run, tiny_corpu
     assert (tmp_path / "val.en.hyp").read_text().splitlines() == translator.translate(val)
 
 
+BLOCK_TENSORFLOW = """
+import sys
+for name in ("tensorflow", "tensorflow_text", "tensorflow_datasets"):
+    sys.modules[name] = None  # any import of them now raises ImportError
+"""
+
+
+def _entry_point(env, *args, stdin=None):
+    """The real `nmt` command (python -m nmt.cli), as a user runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "nmt.cli", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    return done.stdout.splitlines()
+
+
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="exports in this process: needs TensorFlow"
 )
-def test_jax_trained_run_exports_and_translates_the_same(tiny_corpus, tmp_path):
-    """`nmt train` and `nmt translate` under JAX without TensorFlow; then, under TensorFlow,
-    the Translator and the exported SavedModel give the JAX translations."""
+def test_smoke_config_under_jax_without_tensorflow_then_exports(tmp_path, multi30k_dir):
+    """The issue's user path: `nmt train configs/smoke.yaml`, `nmt translate` (argument,
+    stdin, file) and `nmt evaluate` under KERAS_BACKEND=jax with TensorFlow unimportable;
+    then TensorFlow translates the JAX-trained run the same and exports it."""
     import tensorflow as tf
 
     from nmt import cli
 
-    config = tmp_path / "tiny.yaml"
-    settings = ("model.attention=additive", "training.learning_rate=0.01", "training.epochs=4")
-    config.write_text(tiny_config(tiny_corpus, *settings).to_yaml())
-    lines = ["a man runs", "", "the small dog sits on the blue house", "cat"]
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_TENSORFLOW)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(tmp_path)}
+    run = tmp_path / "run"
+    data = [f"data.{k}={multi30k_dir}/{v}" for k, v in [("train", "train"), ("validation", "val")]]
+    _entry_point(
+        env, "train", "configs/smoke.yaml", "--run-dir", run, *(f"--set={d}" for d in data)
+    )
+    sentence = "A man is riding a bike."
+    assert len(_entry_point(env, "translate", run, "--beam-size", 2, sentence)) == 1
+    lines = [sentence, "", "Two dogs play in the snow.", "   ", "A woman sings."]
+    by_stdin = _entry_point(env, "translate", run, stdin="\n".join(lines) + "\n")
     source = tmp_path / "in.en"
     source.write_text("\n".join(lines) + "\n")
-    run = tmp_path / "run"
-    _nmt(
-        "jax",
-        ["train", config, "--run-dir", run],
-        ["translate", run, "--input", source, "--output", tmp_path / "jax.de"],
-    )
+    _entry_point(env, "translate", run, "--input", source, "--output", tmp_path / "jax.de")
     under_jax = (tmp_path / "jax.de").read_text().splitlines()
-    assert sum(map(bool, under_jax)) >= 2  # not a comparison of empty strings
+    assert by_stdin == under_jax and len(under_jax) == 5
+    assert under_jax[1] == under_jax[3] == "" and sum(map(bool, under_jax)) == 3
+    refs = tmp_path / "refs.de"
+    refs.write_text("\n".join(["Ein Mann fährt Fahrrad.", "", "Zwei Hunde.", "", "Frau."]) + "\n")
+    report = _entry_point(env, "evaluate", run, "--src", source, "--ref", refs)
+    assert report[0].startswith("BLEU ")
     assert Translator.from_run_dir(run).translate(lines) == under_jax
     assert cli.main(["export", str(run), str(tmp_path / "export")]) == 0
     serve = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"]
@@ -161,3 +192,21 @@ def test_jit_padding_bounds_the_compiled_shapes():
         for n in range(1, 49)
     }
     assert rows == {1, 2, 4, 8, 16, 32, 48}  # never more rows than a full batch
+
+
+def test_default_backend_without_tensorflow_is_one_line(tmp_path, tiny_run):
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_TENSORFLOW)
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["PYTHONPATH"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "nmt.cli", "translate", str(tiny_run), "a dog"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("nmt: error: Keras cannot load its tensorflow backend")
+    assert "KERAS_BACKEND=jax|torch" in last

@@ -253,11 +253,6 @@ def test_export_without_tensorflow_names_the_extra(run_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nmt.cli.cmd_export imports tensorflow itself (a traceback without it); "
-    "it must go through nmt.export.hide_gpus and catch the ImportError of its import",
-)
 def test_cli_export_without_tensorflow_is_one_line(run_dir, tmp_path):
     done = _without_tensorflow(NO_TENSORFLOW_CLI, "export", run_dir, tmp_path / "out")
     assert done.returncode == cli.EXIT_USER_ERROR, done.stderr[-3000:]
