@@ -426,3 +426,27 @@ def test_stale_tokenizer_settings_are_refused(tmp_path, tiny_corpus):
         training.prepare(tiny_config(tiny_corpus, "tokenizer.vocab_size=40"), run_dir)
     # The same settings reuse the models (and print the cached counts).
     assert training.prepare(tiny_config(tiny_corpus), run_dir)["train"]["kept"] == 400
+
+
+def test_fp16_overflow_is_skipped_by_loss_scaling_not_reported_as_divergence(
+    tmp_path, tiny_corpus, monkeypatch
+):
+    compile_model = training.compile_model
+
+    def with_a_huge_loss_scale(model, cfg):
+        compile_model(model, cfg)
+        model.optimizer.build(model.trainable_variables)
+        # float16 gradients overflow until loss scaling has halved this ~20 times.
+        model.optimizer.dynamic_scale.assign(2.0**40)
+
+    monkeypatch.setattr(training, "compile_model", with_a_huge_loss_scale)
+    cfg = tiny_config(tiny_corpus, "training.precision=mixed_float16", "training.epochs=1")
+    try:
+        state = training.train(cfg, tmp_path / "run")
+        model = build_model(cfg.model, 48, 48)
+        compile_model(model, cfg.training)
+        restore(model, RunDir(tmp_path / "run"), state)
+        applied = int(model.optimizer.iterations)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert state["step"] == 27 and 0 < applied < 27  # overflowing steps skipped, not fatal
