@@ -210,3 +210,35 @@ def test_default_backend_without_tensorflow_is_one_line(tmp_path, tiny_run):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("nmt: error: Keras cannot load its tensorflow backend")
     assert "KERAS_BACKEND=jax|torch" in last
+
+
+PRECISION_SCRIPT = """
+import sys
+for name in ("tensorflow", "tensorflow_text", "tensorflow_datasets"):
+    sys.modules[name] = None
+import keras, numpy as np
+from nmt import training
+from nmt.config import ModelConfig, TrainingConfig
+from nmt.model import build_model
+for policy in ("float32", "mixed_float16", "mixed_bfloat16"):
+    keras.mixed_precision.set_global_policy(policy)
+    cfg = ModelConfig(embedding_dim=16, encoder_units=16, decoder_units=32, maxout_units=16,
+                      attention="additive", attention_units=16)
+    model = build_model(cfg, 40, 40)
+    training.compile_model(model, TrainingConfig(precision=policy))
+    rng = np.random.default_rng(0)
+    src = rng.integers(4, 40, (8, 8)).astype("int32")
+    tgt = rng.integers(4, 40, (8, 8)).astype("int32")
+    losses = [model.train_on_batch((src, tgt), tgt, return_dict=True)["loss"] for _ in range(3)]
+    assert all(np.isfinite(losses)), (policy, losses)
+    assert keras.ops.convert_to_numpy(model((src, tgt))).dtype == np.float32, policy
+    scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (policy == "mixed_float16"), policy
+    print(policy, "ok")
+"""
+
+
+@pytest.mark.parametrize("backend", ["jax", TORCH])
+def test_every_precision_policy_trains_on_every_backend(backend):
+    done = _run(backend, ["-c", PRECISION_SCRIPT])
+    assert done.stdout.split() == ["float32", "ok", "mixed_float16", "ok", "mixed_bfloat16", "ok"]
