@@ -21,8 +21,8 @@ from nmt.config import BOS_ID, EOS_ID, default_multi30k_dir
 from nmt.errors import DataError, RunDirError
 
 # Stems of the Multi30k files (train.en.gz, val.en.gz, test_2016_flickr.en.gz), by config key
-# (data.train / validation / test). Kept apart from nmt.datasets.multi30k.SPLIT_FILES, which is
-# keyed by tfds split name ("test_2016") and would pull in tensorflow_datasets on import.
+# (data.train / validation / test); nmt.datasets.multi30k_layout.SPLIT_FILES holds the same
+# stems keyed by tfds split name ("test_2016").
 MULTI30K_STEMS = {"train": "train", "validation": "val", "test": "test_2016_flickr"}
 
 
