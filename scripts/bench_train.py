@@ -3,17 +3,22 @@
     .venv/bin/python scripts/bench_train.py
         --configs configs/multi30k_en_de.yaml configs/multi30k_en_de_attention.yaml
         --precisions float32 mixed_bfloat16 [--warmup 30] [--steps 300] [--group 10]
-        [--multi30k-dir DIR] [--set section.key=value ...] [--synthetic] [--joeynmt]
-        [--out runs/bench/train.json]
+        [--batch-sizes 64 128 256] [--peak-tflops float32=67 mixed_bfloat16=989]
+        [--multi30k-dir DIR] [--set section.key=value ...] [--prep-dir DIR] [--synthetic]
+        [--joeynmt] [--out runs/bench/train.json]
 
-Every config x precision combination runs in its own subprocess, one after the other, so the
-global dtype policy, compiled functions and memory of one cannot leak into the next, while all
-of them share one invocation (and so one quiet or noisy moment): compare the ratios.
+Every config x precision (x batch size) combination runs in its own subprocess, one after
+the other, so the global dtype policy, compiled functions and memory (peak device memory
+included) of one cannot leak into the next, while all of them share one invocation (and so
+one quiet or noisy moment): compare the ratios. It runs under every Keras backend
+(`KERAS_BACKEND=tensorflow|jax|torch`); JAX and PyTorch never import TensorFlow.
 
 Method. Each subprocess builds the model and compiles it with `nmt.training.compile_model`, and
 runs `model.fit` for `warmup + steps` steps on Multi30k train through the real input pipeline
-(`corpus.load_pairs` -> `pipeline.make_dataset(epoch=0)`, tokenizers from a run folder
-under runs/bench/ prepared once per data+tokenizer config and reused). A callback reads the clock
+(`pipeline.make_batches(..., "train", epoch=0)`, then epochs 1, 2, ... chained when more
+steps are asked for than an epoch has: tf.data under TensorFlow, Grain under JAX and PyTorch;
+tokenizers from a run folder, `--prep-dir` or runs/bench/prep-HASH, prepared once per
+data+tokenizer config and reused). A callback reads the clock
 at the end of every `group`-th step after the warm-up; throughput is the median over these groups
 of (non-pad target tokens, EOS included) / seconds, which keeps a retrace for a new batch shape
 or a noisy neighbour from moving the result. Keras turns the logs into Python floats after every
@@ -21,12 +26,28 @@ step once any callback watches batch ends (so does `nmt train`'s RunKeeper), so 
 for the device either way; timing groups rather than single steps keeps clock overhead and
 jitter out. Tokens per step come from a second, identical instance of the dataset iterated
 beforehand (the pipeline is seeded and deterministic), so the timed input path is the real one.
-Peak RSS is the process's resident set peak during `fit` (VmHWM reset just before it).
+Peak RSS is the process's resident set peak during `fit` (VmHWM reset just before it). Peak
+device memory: JAX `memory_stats()["peak_bytes_in_use"]` (the process's peak; one
+combination per process), `torch.cuda.max_memory_allocated()` and TensorFlow's
+`get_memory_info("GPU:0")["peak"]`, both reset just before `fit`; None on a CPU.
+
+FLOPs. Every row carries `nmt.flops.train_flops_per_target_token` for its model, target
+vocabulary and the mean source/target tokens per sentence of its timed batches (real tokens,
+not padding), `model_tflops` = target tokens/s x that, and with `--peak-tflops` the model
+FLOP utilisation `mfu = model_tflops / peak`. Give the device's dense peak for the precision:
+one number for all, or `PRECISION=TFLOPS` each. NVIDIA H100 SXM (and H200): float32 ~67
+without tensor cores, ~495 as TF32; float16/bfloat16 ~989 (dense, no sparsity). Each row
+records `float32_math` (whether float32 matmuls may use TF32), which says which float32 peak
+applies.
+
+`--batch-sizes B1 B2 ...` sweeps `training.batch_size` (`training.max_tokens` with
+`batch_by: tokens`) and reports, per config and precision, the batch size with the most
+target tokens/s (`best_batch` in the JSON).
 
 `--synthetic` feeds numpy batches instead: random ids with Multi30k-like lengths, bucketed and
-padded as `make_dataset` does, with no tf.data and no tokenizer, so the script also runs under
-KERAS_BACKEND=jax on a machine without TensorFlow. `--joeynmt` then runs the JoeyNMT peer
-(../shared/peers/joeynmt/run.sh, ~8 min) and reports ours/JoeyNMT for attention + float32.
+padded as `make_batches` does, with no tokenizer and no corpus. `--joeynmt` then runs the
+JoeyNMT peer (../shared/peers/joeynmt/run.sh, ~8 min) and reports ours/JoeyNMT for attention
++ float32.
 """
 
 from __future__ import annotations
@@ -57,6 +78,8 @@ from bench_pipeline import (  # noqa: E402
 )
 
 from nmt import config as config_lib  # noqa: E402
+from nmt import flops  # noqa: E402
+from nmt.errors import NmtError  # noqa: E402
 
 JOEYNMT_LINE = re.compile(r"joeynmt target tokens/s, median of (\d+) log lines: ([\d.]+)")
 # Multi30k train with the joint 8000-piece unigram tokenizer, EOS not counted: log(src tokens)
@@ -78,7 +101,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=300, help="timed steps")
     parser.add_argument("--group", type=int, default=10, help="steps per clock reading")
-    parser.add_argument("--synthetic", action="store_true", help="numpy batches, no tf.data")
+    parser.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=int,
+        help="sweep training.batch_size (training.max_tokens with batch_by: tokens); the "
+        "best target tokens/s per config and precision is reported",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        nargs="+",
+        default=[],
+        metavar="[PRECISION=]TFLOPS",
+        help="the device's dense peak TFLOP/s, for model FLOP utilisation: one number, or "
+        "PRECISION=NUMBER each (H100 SXM: float32 67, TF32 495, float16/bfloat16 989)",
+    )
+    parser.add_argument("--prep-dir", help="tokenizer run folder (default runs/bench/prep-HASH)")
+    parser.add_argument("--synthetic", action="store_true", help="numpy batches, no corpus")
     parser.add_argument("--joeynmt", action="store_true", help="then run the JoeyNMT peer")
     parser.add_argument("--joeynmt-script", default="../shared/peers/joeynmt/run.sh")
     parser.add_argument("--joeynmt-updates", type=int, default=300)
@@ -87,40 +126,104 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps < args.group or args.group < 1 or args.warmup < 1:
         parser.error("need --warmup >= 1 and --steps >= --group >= 1")
+    if args.batch_sizes and min(args.batch_sizes) < 1:
+        parser.error("--batch-sizes must be positive")
+    try:
+        args.peaks = parse_peaks(args.peak_tflops)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
-def load_config(path: str, precision: str, args: argparse.Namespace) -> config_lib.Config:
-    """The config with --multi30k-dir, then the --set overrides, then the precision applied."""
+def parse_peaks(values: list[str]) -> dict[str, float]:
+    """`["67"]` -> `{"*": 67.0}`; `["float32=67", "mixed_bfloat16=989"]` -> by precision."""
+    peaks = {}
+    for value in values:
+        precision, _, number = value.rpartition("=")
+        try:
+            peaks[precision or "*"] = float(number)
+        except ValueError:
+            raise ValueError(
+                f"--peak-tflops: {value!r} is not NUMBER or PRECISION=NUMBER"
+            ) from None
+        if peaks[precision or "*"] <= 0:
+            raise ValueError(f"--peak-tflops: {value!r} must be positive")
+    return peaks
+
+
+def load_config(
+    path: str, precision: str, args: argparse.Namespace, batch: int | None = None
+) -> config_lib.Config:
+    """The config with --multi30k-dir, then the --set overrides, then the precision and the
+    batch size (sentences, or the token budget with `batch_by: tokens`) applied."""
     overrides = [f"data.multi30k_dir={args.multi30k_dir}", *args.overrides]
-    return config_lib.load(path, [*overrides, f"training.precision={precision}"])
+    overrides.append(f"training.precision={precision}")
+    cfg = config_lib.load(path, overrides)
+    if batch is None:
+        return cfg
+    key = "max_tokens" if cfg.training.batch_by == "tokens" else "batch_size"
+    return config_lib.load(path, [*overrides, f"training.{key}={batch}"])
 
 
 # --------------------------------------------------------------------------- input
 
 
-def real_input(cfg: config_lib.Config, n_steps: int):
-    """The real training dataset (repeated) and `(sentences, target tokens, padded length)`
-    of its first `n_steps` batches, read from an identical second instance."""
+def real_input(cfg: config_lib.Config, n_steps: int, prep_dir: str | None = None):
+    """The real training batches (epochs 0, 1, ... chained until `n_steps`) and
+    `(sentences, target tokens, padded length, source tokens)` of each of those `n_steps`
+    batches, read from an identical second instance."""
     import numpy as np
 
-    from nmt import corpus, pipeline, rundir, tokenizer, training
+    from nmt import pipeline, rundir, tokenizer, training
 
-    key = json.dumps([cfg.to_dict()["data"], cfg.to_dict()["tokenizer"]], sort_keys=True)
-    prep_dir = Path("runs/bench") / f"prep-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    if prep_dir is None:
+        key = json.dumps([cfg.to_dict()["data"], cfg.to_dict()["tokenizer"]], sort_keys=True)
+        prep_dir = f"runs/bench/prep-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     training.prepare(cfg, prep_dir)  # trains SentencePiece the first time only
-    src_tok, tgt_tok = tokenizer.load_tokenizers(prep_dir / rundir.TOKENIZER_DIR)
+    src_tok, tgt_tok = tokenizer.load_tokenizers(Path(prep_dir) / rundir.TOKENIZER_DIR)
 
-    def make():
-        pairs = corpus.load_pairs(cfg.data, "train")
-        ds = pipeline.make_dataset(pairs, src_tok, tgt_tok, cfg.data, cfg.training, epoch=0)
-        return ds.repeat()
+    def epoch(number: int):
+        return pipeline.make_batches(
+            cfg.data, cfg.training, "train", src_tok, tgt_tok, epoch=number
+        )
 
-    shapes = [
-        (y.shape[0], int(np.count_nonzero(y)), y.shape[1])
-        for _, y in make().take(n_steps).as_numpy_iterator()
-    ]
-    return make(), shapes, (src_tok.vocab_size, tgt_tok.vocab_size)
+    shapes, epochs = [], 0
+    while len(shapes) < n_steps:
+        before = len(shapes)
+        for (x, _), y in itertools.islice(numpy_batches(epoch(epochs)), n_steps - before):
+            shapes.append((y.shape[0], int(np.count_nonzero(y)), y.shape[1], count_src(x)))
+        epochs += 1
+        if len(shapes) == before:
+            raise NmtError("the training split gives no batches")
+    return chain_epochs(epoch, epochs), shapes, (src_tok.vocab_size, tgt_tok.vocab_size)
+
+
+def count_src(src_ids) -> int:
+    """Real source tokens of a batch (EOS included; position 0 of an empty row is padding)."""
+    import numpy as np
+
+    return int(np.count_nonzero(src_ids))
+
+
+def numpy_batches(dataset):
+    """Iterates a tf.data or Grain dataset of batches as numpy arrays."""
+    if hasattr(dataset, "as_numpy_iterator"):
+        return dataset.as_numpy_iterator()
+    return iter(dataset)
+
+
+def chain_epochs(make_epoch, epochs: int):
+    """`make_epoch(0)`, ..., `make_epoch(epochs - 1)` as one input for `model.fit`: a
+    concatenated tf.data dataset under TensorFlow, a generator over the Grain datasets (each
+    with its background prefetch) under the other backends."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        dataset = make_epoch(0)
+        for number in range(1, epochs):
+            dataset = dataset.concatenate(make_epoch(number))
+        return dataset
+    return (batch for number in range(epochs) for batch in make_epoch(number))
 
 
 def synthetic_batch(rng, x_len, y_len, length: int, vocab: int):
@@ -162,7 +265,10 @@ def synthetic_input(cfg: config_lib.Config, n_steps: int):
             batches.append(synthetic_batch(rng, x[chunk], y[chunk], int(length), vocab))
     batches = [batches[i] for i in rng.permutation(len(batches))]
     feed = itertools.islice(itertools.cycle(batches), n_steps)
-    shapes = [(b[1].shape[0], int(np.count_nonzero(b[1])), b[1].shape[1]) for b in feed]
+    shapes = [
+        (b[1].shape[0], int(np.count_nonzero(b[1])), b[1].shape[1], count_src(b[0][0]))
+        for b in feed
+    ]
     return feed_numpy(batches), shapes, (vocab, vocab)
 
 
@@ -218,19 +324,42 @@ def summarize(marks: list[tuple[int, float]], shapes: list[tuple[int, int, int]]
         "timed_seconds": round(seconds, 2),
         "groups": len(groups),
         "target_tokens_per_sentence": round(sum(s[1] for s in timed) / sum(s[0] for s in timed), 2),
+        "source_tokens_per_sentence": round(sum(s[3] for s in timed) / sum(s[0] for s in timed), 2),
         "mean_padded_len": round(statistics.mean(s[2] for s in timed), 2),
     }
+
+
+def reset_device_peak() -> None:
+    """Resets the peak-memory mark where the backend can (JAX cannot: one run per process)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.reset_memory_stats("GPU:0")
 
 
 def device_peak_mb() -> float | None:
     """Peak accelerator memory in MiB, or None on a CPU."""
     import keras
 
-    if keras.backend.backend() == "jax":
+    backend = keras.backend.backend()
+    if backend == "jax":
         import jax
 
         stats = jax.local_devices()[0].memory_stats() or {}
         peak = stats.get("peak_bytes_in_use")
+    elif backend == "torch":
+        import torch
+
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     else:
         import tensorflow as tf
 
@@ -239,35 +368,98 @@ def device_peak_mb() -> float | None:
     return None if peak is None else round(peak / 2**20, 1)
 
 
-def measure(config_path: str, precision: str, args: argparse.Namespace) -> dict:
+def device_info() -> dict:
+    """The device the backend trains on and whether float32 matmuls may use TF32."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        precision = jax.config.jax_default_matmul_precision
+        return {
+            "device": jax.local_devices()[0].device_kind,
+            "float32_math": f"jax_default_matmul_precision={precision} (None: XLA's default)",
+        }
+    if backend == "torch":
+        import torch
+
+        gpu = torch.cuda.is_available()
+        return {
+            "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+            "float32_math": f"torch matmul {torch.get_float32_matmul_precision()}, "
+            f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}",
+        }
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
+    tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+    return {"device": details.get("device_name", "cpu"), "float32_math": f"tf32={tf32}"}
+
+
+def flop_fields(cfg: config_lib.Config, tgt_vocab: int, summary: dict) -> dict:
+    """Training FLOPs per target token (nmt.flops) at the timed batches' mean lengths and
+    the model TFLOP/s they make at the measured throughput."""
+    flop = flops.train_flops_per_target_token(
+        cfg.model,
+        tgt_vocab,
+        summary["source_tokens_per_sentence"],
+        summary["target_tokens_per_sentence"],
+    )
+    return {
+        "train_flop_per_target_token": round(flop),
+        "model_tflops": round(summary["target_tokens_per_s"] * flop / 1e12, 4),
+    }
+
+
+def add_mfu(row: dict, peaks: dict[str, float]) -> dict:
+    """Adds `peak_tflops` and `mfu` (model FLOP utilisation) when a peak is known."""
+    peak = peaks.get(row.get("precision"), peaks.get("*"))
+    if peak and "model_tflops" in row:
+        row.update(peak_tflops=peak, mfu=round(row["model_tflops"] / peak, 5))
+    return row
+
+
+def measure(config_path: str, precision: str, batch: int | None, args: argparse.Namespace) -> dict:
     """Trains `warmup + steps` steps of one config at one precision; returns the summary."""
     import keras
 
     from nmt import training
     from nmt.model import build_model
 
-    cfg = load_config(config_path, precision, args)
+    cfg = load_config(config_path, precision, args, batch)
     keras.utils.set_random_seed(cfg.training.seed)
     policy = training.resolve_precision(cfg.training.precision)
     keras.mixed_precision.set_global_policy(policy)
     n_steps = args.warmup + args.steps
-    feed, shapes, vocab = (synthetic_input if args.synthetic else real_input)(cfg, n_steps)
+    if args.synthetic:
+        feed, shapes, vocab = synthetic_input(cfg, n_steps)
+    else:
+        feed, shapes, vocab = real_input(cfg, n_steps, args.prep_dir)
     model = build_model(cfg.model, *vocab)
     training.compile_model(model, cfg.training)
     timer = GroupTimer(args.warmup, args.group)
     callback = keras.callbacks.LambdaCallback(on_train_batch_end=timer.on_train_batch_end)
     memory = reset_peak_rss()
+    reset_device_peak()
     model.fit(
         feed, epochs=1, steps_per_epoch=n_steps, callbacks=[callback], verbose=0, shuffle=False
     )
+    summary = summarize(timer.marks, shapes)
+    t = cfg.training
     return {
         "config": config_path,
         "precision": policy,
         "attention": cfg.model.attention,
-        "input": "synthetic" if args.synthetic else "multi30k train via make_dataset",
+        "batch_by": t.batch_by,
+        "batch_size": t.max_tokens if t.batch_by == "tokens" else t.batch_size,
+        "input": "synthetic" if args.synthetic else "multi30k train via make_batches",
         "backend": keras.backend.backend(),
+        **device_info(),
         "parameters": model.count_params(),
-        **summarize(timer.marks, shapes),
+        **summary,
+        **flop_fields(cfg, vocab[1], summary),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device_peak_mb": device_peak_mb(),
         "memory_method": memory,
@@ -277,21 +469,39 @@ def measure(config_path: str, precision: str, args: argparse.Namespace) -> dict:
 # --------------------------------------------------------------------------- driver
 
 
-def run_child(config_path: str, precision: str, args: argparse.Namespace) -> dict:
+def run_child(
+    config_path: str, precision: str, batch: int | None, args: argparse.Namespace
+) -> dict:
     """Runs `measure` in a fresh Python process; a failure becomes an `error` row."""
-    print(f"== {config_path}, {precision}", flush=True)
+    print(f"== {config_path}, {precision}" + (f", batch {batch}" if batch else ""), flush=True)
     with tempfile.TemporaryDirectory(prefix="nmt-bench-") as tmp:
         out = Path(tmp) / "result.json"
         command = [sys.executable, __file__, "--child", "--out", str(out)]
         command += ["--configs", config_path, "--precisions", precision]
         command += ["--multi30k-dir", args.multi30k_dir, "--warmup", str(args.warmup)]
         command += ["--steps", str(args.steps), "--group", str(args.group)]
+        command += ["--batch-sizes", str(batch)] if batch else []
+        command += ["--prep-dir", args.prep_dir] if args.prep_dir else []
         command += ["--synthetic"] * args.synthetic
         command += [f"--set={text}" for text in args.overrides]
         status = subprocess.run(command, check=False).returncode
         if status != 0 or not out.is_file():
-            return {"config": config_path, "precision": precision, "error": f"exit {status}"}
-        return json.loads(out.read_text())
+            row = {"config": config_path, "precision": precision, "error": f"exit {status}"}
+            return {**row, "batch_size": batch} if batch else row
+        return add_mfu(json.loads(out.read_text()), args.peaks)
+
+
+def best_batches(rows: list[dict]) -> list[dict]:
+    """Per config and precision, the row with the most target tokens/s."""
+    best: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        key = (r["config"], r["precision"])
+        if "error" not in r and (
+            key not in best or r["target_tokens_per_s"] > best[key]["target_tokens_per_s"]
+        ):
+            best[key] = r
+    fields = ("config", "precision", "batch_size", "target_tokens_per_s", "device_peak_mb", "mfu")
+    return [{k: r.get(k) for k in fields} for r in best.values()]
 
 
 def run_joeynmt(args: argparse.Namespace, rows: list[dict]) -> dict:
@@ -319,21 +529,29 @@ def run_joeynmt(args: argparse.Namespace, rows: list[dict]) -> dict:
 
 def print_table(rows: list[dict], peer: dict | None) -> None:
     base = next((r for r in rows if "error" not in r), None)
-    print(f"\n{'config':<36}{'precision':<16}{'tgt tok/s':>10}{'sent/s':>8}{'x first':>8}", end="")
-    print(f"{'RSS MiB':>9}{'dev MiB':>9}")
+    print(f"\n{'config':<32}{'precision':<16}{'batch':>6}{'tgt tok/s':>10}{'sent/s':>8}", end="")
+    print(f"{'x first':>8}{'RSS MiB':>9}{'dev MiB':>9}{'MFLOP/tok':>10}{'TFLOP/s':>9}{'MFU':>7}")
     for r in rows:
-        print(f"{Path(r['config']).stem:<36}{r['precision']:<16}", end="")
+        print(f"{Path(r['config']).stem:<32}{r['precision']:<16}", end="")
+        print(f"{r.get('batch_size') or '':>6}", end="")
         if "error" in r:
             print(f"  failed: {r['error']}")
             continue
         ratio = r["target_tokens_per_s"] / base["target_tokens_per_s"]
         device = "-" if r["device_peak_mb"] is None else f"{r['device_peak_mb']:.0f}"
+        mfu = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
         print(
             f"{r['target_tokens_per_s']:>10.0f}{r['sentences_per_s']:>8.1f}{ratio:>8.2f}"
-            f"{r['peak_rss_mb']:>9.0f}{device:>9}"
+            f"{r['peak_rss_mb']:>9.0f}{device:>9}{r['train_flop_per_target_token'] / 1e6:>10.2f}"
+            f"{r['model_tflops']:>9.3f}{mfu:>7}"
         )
     if base:
         print(f"median of {base['groups']} groups of steps after the warm-up; {base['input']}")
+        print(f"device {base['device']}; float32 math: {base['float32_math']}")
+    if len({r.get("batch_size") for r in rows}) > 1:
+        for b in best_batches(rows):
+            print(f"best batch for {Path(b['config']).stem}, {b['precision']}: ", end="")
+            print(f"{b['batch_size']} ({b['target_tokens_per_s']:.0f} target tokens/s)")
     if peer and "ours_over_joeynmt" in peer:
         print(f"JoeyNMT: {peer['target_tokens_per_s']:.0f} target tokens/s", end="")
         print(f"; ours/JoeyNMT ({peer['compared_with']}, float32): {peer['ours_over_joeynmt']}")
@@ -346,17 +564,22 @@ def print_table(rows: list[dict], peer: dict | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    batches = args.batch_sizes or [None]
     if args.child:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         logging.getLogger("nmt").setLevel(logging.INFO)
-        write_json(measure(args.configs[0], args.precisions[0], args), args.out)
+        write_json(measure(args.configs[0], args.precisions[0], batches[0], args), args.out)
         return
-    for config_path, precision in itertools.product(args.configs, args.precisions):
-        load_config(config_path, precision, args)  # a bad config fails here, not in a child
+    combinations = list(itertools.product(args.configs, args.precisions, batches))
+    for config_path, precision, batch in combinations:
+        load_config(config_path, precision, args, batch)  # a bad config fails here, not later
     result = {"benchmark": "train", "machine": machine(), "overrides": args.overrides}
     result.update(warmup=args.warmup, steps=args.steps, group=args.group)
-    rows = [run_child(c, p, args) for c in args.configs for p in args.precisions]
+    result.update(batch_sizes=args.batch_sizes, peak_tflops=args.peaks)
+    rows = [run_child(c, p, b, args) for c, p, b in combinations]
     result["runs"] = rows
+    if args.batch_sizes:
+        result["best_batch"] = best_batches(rows)
     if args.joeynmt:
         result["joeynmt"] = run_joeynmt(args, rows)
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
