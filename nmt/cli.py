@@ -271,7 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         if args.command != "export":  # export picks its own backend
+            from nmt import devices
+
+            devices.set_xla_host_devices()  # NMT_CPU_DEVICES: before jax starts
             _load_keras()
+            devices.split_tensorflow_cpu()  # and before TensorFlow runs anything
         return args.func(args)
     except NmtError as exc:
         print(f"nmt: error: {exc}", file=sys.stderr)

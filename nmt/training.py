@@ -18,11 +18,11 @@ from typing import Any
 import keras
 
 from nmt import config as config_lib
-from nmt import rundir
+from nmt import distribution, rundir
 from nmt.checkpointing import EpochProgress, RunKeeper, ValidationScore, restore
 from nmt.config import Config, TrainingConfig
 from nmt.errors import ConfigError, NmtError
-from nmt.losses import MaskedCrossEntropy, TokenNLL
+from nmt.losses import TokenNLL
 from nmt.rundir import RunDir
 
 log = logging.getLogger("nmt")
@@ -164,10 +164,14 @@ def learning_rate(cfg: TrainingConfig):
 
 
 def compile_model(model: keras.Model, cfg: TrainingConfig) -> None:
-    optimizer = keras.optimizers.Adam(learning_rate(cfg), clipnorm=cfg.clip_norm or None)
+    """Adam and the token-mean loss; under a tf.distribute strategy (compile inside its
+    scope) both act on the global batch, as on one device."""
+    optimizer = distribution.SummedClipAdam(
+        learning_rate(cfg), clipnorm=cfg.clip_norm or None, name="adam"
+    )
     model.compile(
         optimizer=optimizer,
-        loss=MaskedCrossEntropy(cfg.label_smoothing),
+        loss=distribution.GlobalTokenCrossEntropy(cfg.label_smoothing),
         metrics=[TokenNLL()],
         steps_per_execution=cfg.steps_per_execution,
     )
@@ -199,6 +203,7 @@ def train(
             "training.early_stopping_metric=bleu needs a validation_score function, "
             "e.g. nmt.evaluation.validation_bleu(cfg, run_dir)"
         )
+    distribution.check_backend(cfg.training)
     run = RunDir(run_dir)
     with rundir.Lock(run):
         prepare(cfg, run.path)
@@ -296,18 +301,26 @@ def _build(cfg: Config, run: RunDir, state: dict[str, Any]):
     policy = resolve_precision(cfg.training.precision)
     keras.mixed_precision.set_global_policy(policy)
     src_tok, tgt_tok = tokenizer.load_tokenizers(run.tokenizer)
-    model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
-    compile_model(model, cfg.training)
-    restore(model, run, state)
-    _apply_config_learning_rate(model, cfg.training)
+    with distribution.strategy_scope(cfg.training):
+        model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
+        compile_model(model, cfg.training)
+        restore(model, run, state)
+        _apply_config_learning_rate(model, cfg.training)
+    replicas = distribution.replicas(model)
     if state:
         log.info("resuming from %s: %s", run.checkpoint, describe_position(state))
-    log.info("training %s params, precision %s", f"{model.count_params():,}", policy)
+    log.info(
+        "%s, %s params, precision %s",
+        distribution.describe(replicas),
+        f"{model.count_params():,}",
+        policy,
+    )
 
     def batches(split: str, epoch: int | None = None, skip: int = 0):
-        return pipeline.make_batches(
+        made = pipeline.make_batches(
             cfg.data, cfg.training, split, src_tok, tgt_tok, epoch=epoch, skip=skip
         )
+        return distribution.pad_to_replicas(made, replicas)
 
     return model, lambda epoch, skip: batches("train", epoch, skip), batches("validation")
 
