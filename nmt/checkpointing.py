@@ -76,7 +76,7 @@ class RunKeeper(keras.callbacks.Callback):
         self.epoch = self.state.get("epoch", 0)
         self.batches = self.batches_before = self.state.get("batches", 0)
         self.step = self.steps_before = self.last_checkpoint = self.state.get("step", 0)
-        self.seen = None  # _counters after the last batch Keras reported
+        self.seen = None  # the values of self.counters after the last batch Keras reported
 
     def on_train_begin(self, logs=None):
         # The optimizer's iteration count and the dropout seed states (see on_epoch_end).
@@ -139,7 +139,7 @@ class RunKeeper(keras.callbacks.Callback):
             log.info("early stopping: no improvement in %d validations", self.cfg.patience)
             self.state["stopped_early"] = True
             self._stop("early_stopping")
-        self.save_checkpoint(best=improved)
+        self._write_checkpoint(best=improved)  # weights checked finite above
 
     def _stop(self, reason: str) -> None:
         self.stop_reason = reason
@@ -188,10 +188,13 @@ class RunKeeper(keras.callbacks.Callback):
         log.warning("step %d: weights are not finite; checkpoint not written", self.step)
         return False
 
-    def save_checkpoint(self, best: bool = False) -> None:
+    def save_checkpoint(self) -> None:
+        """A mid-epoch checkpoint, unless the weights have gone non-finite."""
+        if self._weights_finite():
+            self._write_checkpoint()
+
+    def _write_checkpoint(self, best: bool = False) -> None:
         """Writes weights (and, when `best`, links them as the best), then commits state.json."""
-        if not self._weights_finite():
-            return
         self.run.checkpoint.mkdir(exist_ok=True)
         name = f"ckpt-{self.step}.weights.h5"
         rundir.save_weights(self.model, self.run.checkpoint / name)

@@ -74,9 +74,13 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
     """Writes `data` to `path` so that a crash leaves the old file or the new one, whole."""
     path = Path(path)
     tmp = path.with_name(TMP_PREFIX + path.name)
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
+    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    _replace_durably(tmp, path)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    """Flushes `tmp` to disk, renames it to `path` and makes the rename durable."""
+    with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
@@ -98,10 +102,7 @@ def save_weights(model, path: Path) -> None:
     """`model.save_weights` (with optimizer state), atomically."""
     tmp = path.with_name(TMP_PREFIX + path.name)
     model.save_weights(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    _replace_durably(tmp, path)
 
 
 def load_weights(model, path: Path) -> None:
@@ -179,10 +180,7 @@ def link(source: Path, dest: Path) -> None:
         os.link(source, tmp)  # no second copy of the weights on disk
     except OSError:
         shutil.copyfile(source, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, dest)
-    fsync_dir(dest.parent)
+    _replace_durably(tmp, dest)
 
 
 def remove_unnamed(run: RunDir, state: dict[str, Any]) -> None:
@@ -208,13 +206,11 @@ def reconcile(run: RunDir) -> dict[str, Any]:
     Returns:
         The committed state ({} when training never checkpointed).
     """
-    remove_temporaries(run)
     state = read_state(run)
+    remove_unnamed(run, state)  # temporaries everywhere, then what the state does not name
     if not state:  # killed before the first checkpoint: training starts from scratch
         run.metrics.unlink(missing_ok=True)
-        remove_unnamed(run, state)
         return state
-    remove_unnamed(run, state)
     publish_best(run, state)
     lines = state.get("metrics_lines")
     if lines is not None and run.metrics.is_file():

@@ -212,10 +212,9 @@ def test_default_backend_without_tensorflow_is_one_line(tmp_path, tiny_run):
     assert "KERAS_BACKEND=jax|torch" in last
 
 
-PRECISION_SCRIPT = """
-import sys
-for name in ("tensorflow", "tensorflow_text", "tensorflow_datasets"):
-    sys.modules[name] = None
+PRECISION_SCRIPT = (
+    BLOCK_TENSORFLOW
+    + """
 import keras, numpy as np
 from nmt import training
 from nmt.config import ModelConfig, TrainingConfig
@@ -236,6 +235,7 @@ for policy in ("mixed_float16", "mixed_bfloat16"):  # float32: every other test
     assert scaled == (policy == "mixed_float16"), policy
     print(policy, "ok")
 """
+)
 
 
 @pytest.mark.parametrize("backend", ["jax", TORCH])
