@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from nmt import rundir
+from nmt import distribution, rundir
 from nmt.config import FORMAT_KEY, FORMAT_VERSION, TrainingConfig
 from nmt.errors import RunDirError
 from nmt.rundir import RunDir
@@ -68,9 +68,12 @@ class RunKeeper(keras.callbacks.Callback):
         cfg: TrainingConfig,
         state: dict[str, Any],
         validation_score: ValidationScore | None = None,
+        writes: bool = True,
     ):
         super().__init__()
         self.run, self.cfg, self.validation_score = run, cfg, validation_score
+        # Only the chief of several workers writes; the others keep the same state in memory.
+        self.writes = writes
         self.state = {"metrics_lines": 0, **state, "metric": cfg.early_stopping_metric}
         self.stop_reason: str | None = None
         self.epoch = self.state.get("epoch", 0)
@@ -113,7 +116,8 @@ class RunKeeper(keras.callbacks.Callback):
         validation was recorded when it stopped there)."""
         self.epoch, self.batches = epoch + 1, 0
         self.state.update(epoch=self.epoch, batches=0)
-        rundir.commit_state(self.run, self.state)
+        if self.writes:
+            rundir.commit_state(self.run, self.state)
 
     def on_epoch_end(self, epoch, logs=None):
         # Keras' TensorFlow trainer finds the end of a dataset of unknown length with one
@@ -175,11 +179,13 @@ class RunKeeper(keras.callbacks.Callback):
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
         """Appends one line; `state.json` counts the committed lines (see rundir.reconcile)."""
+        self.state["metrics_lines"] += 1
+        if not self.writes:
+            return
         with open(self.run.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self.state["metrics_lines"] += 1
 
     def _weights_finite(self) -> bool:
         if all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in self.model.weights):
@@ -195,12 +201,14 @@ class RunKeeper(keras.callbacks.Callback):
 
     def _write_checkpoint(self, best: bool = False) -> None:
         """Writes weights (and, when `best`, links them as the best), then commits state.json."""
-        self.run.checkpoint.mkdir(exist_ok=True)
-        name = f"ckpt-{self.step}.weights.h5"
-        rundir.save_weights(self.model, self.run.checkpoint / name)
+        name, best_name = f"ckpt-{self.step}.weights.h5", f"best-{self.step}.weights.h5"
+        if self.writes:
+            self.run.checkpoint.mkdir(exist_ok=True)
+            with distribution.local_variables():
+                rundir.save_weights(self.model, self.run.checkpoint / name)
+            if best:
+                rundir.link(self.run.checkpoint / name, self.run.checkpoint / best_name)
         if best:
-            best_name = f"best-{self.step}.weights.h5"
-            rundir.link(self.run.checkpoint / name, self.run.checkpoint / best_name)
             self.state["best_weights"] = best_name
         self.state.update(
             {FORMAT_KEY: FORMAT_VERSION},
@@ -210,7 +218,8 @@ class RunKeeper(keras.callbacks.Callback):
             weights=name,
             rng=[keras.ops.convert_to_numpy(v).tolist() for v in rng_variables(self.model)],
         )
-        rundir.commit_state(self.run, self.state)
+        if self.writes:
+            rundir.commit_state(self.run, self.state)
         self.last_checkpoint = self.step
 
 

@@ -123,10 +123,12 @@ class TrainingConfig:
     # Sentences of the validation split decoded (greedy) for validation BLEU; 0 = all.
     bleu_max_sentences: int = 500
     steps_per_execution: int = 1
-    # Several devices of one machine, the batch above being the global batch: "mirrored"
-    # (tf.distribute.MirroredStrategy over the GPUs; TensorFlow backend) or "data_parallel"
-    # (keras.distribution.DataParallel over all devices; JAX backend).
-    distribution: Literal["none", "mirrored", "data_parallel"] = "none"
+    # Several devices or machines, the batch above being the global batch: "mirrored"
+    # (tf.distribute.MirroredStrategy over this machine's GPUs) or "multi_worker"
+    # (MultiWorkerMirroredStrategy over the machines TF_CONFIG names), TensorFlow backend;
+    # "data_parallel" (keras.distribution.DataParallel over all devices, of several
+    # processes when KERAS_DISTRIBUTION_NUM_PROCESSES etc. are set), JAX backend.
+    distribution: Literal["none", "mirrored", "multi_worker", "data_parallel"] = "none"
 
 
 @dataclass

@@ -7,6 +7,7 @@ The run directory's layout and crash consistency live in `nmt.rundir`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -203,23 +204,33 @@ def train(
             "training.early_stopping_metric=bleu needs a validation_score function, "
             "e.g. nmt.evaluation.validation_bleu(cfg, run_dir)"
         )
-    distribution.check_backend(cfg.training)
+    cluster = distribution.start(cfg.training)  # before TensorFlow or JAX computes anything
     run = RunDir(run_dir)
-    with rundir.Lock(run):
-        prepare(cfg, run.path)
-        state = _resumable_state(cfg, rundir.reconcile(run))
+    with rundir.Lock(run) if cluster.is_chief else contextlib.nullcontext():
+        if cluster.is_chief:
+            prepare(cfg, run.path)
+            state = rundir.reconcile(run)
+        cluster.barrier()  # the other workers read what the chief prepared
+        if not cluster.is_chief:
+            state = rundir.read_state(run)
+        state = _resumable_state(cfg, state)
         if _finished(state, cfg.training):
             log.info("training already finished: %s", describe_state(state))
             return state
-        return _fit_epochs(cfg, run, state, validation_score)
+        return _fit_epochs(cfg, run, state, validation_score, cluster)
 
 
-def _fit_epochs(cfg: Config, run: RunDir, state: dict[str, Any], validation_score):
-    model, train_batches, validation = _build(cfg, run, state)
+def _fit_epochs(cfg: Config, run: RunDir, state: dict[str, Any], validation_score, cluster):
+    model, train_batches, validation = _build(cfg, run, state, cluster)
     keeper = RunKeeper(
-        run, cfg.training, {**state, "batch_order": _batch_order(cfg)}, validation_score
+        run,
+        cfg.training,
+        {**state, "batch_order": _batch_order(cfg)},
+        validation_score,
+        writes=cluster.is_chief,
     )
-    callbacks = [keeper, *_tensorboard(run), EpochProgress(cfg.training.epochs)]
+    logs = _tensorboard(run) if cluster.is_chief else []
+    callbacks = [keeper, *logs, EpochProgress(cfg.training.epochs)]
     skip = state.get("batches", 0)  # the resumed epoch's batches consumed before the kill
     for epoch in range(state.get("epoch", 0), cfg.training.epochs):
         batches = train_batches(epoch, skip)
@@ -291,7 +302,7 @@ def _resumable_state(cfg: Config, state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _build(cfg: Config, run: RunDir, state: dict[str, Any]):
+def _build(cfg: Config, run: RunDir, state: dict[str, Any], cluster: distribution.Cluster):
     """The compiled model, restored from `state`; a function of the epoch giving that
     epoch's training batches; the validation batches."""
     from nmt import pipeline, tokenizer
@@ -301,26 +312,22 @@ def _build(cfg: Config, run: RunDir, state: dict[str, Any]):
     policy = resolve_precision(cfg.training.precision)
     keras.mixed_precision.set_global_policy(policy)
     src_tok, tgt_tok = tokenizer.load_tokenizers(run.tokenizer)
-    with distribution.strategy_scope(cfg.training):
+    with cluster.scope():
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
         compile_model(model, cfg.training)
         restore(model, run, state)
         _apply_config_learning_rate(model, cfg.training)
-    replicas = distribution.replicas(model)
     if state:
         log.info("resuming from %s: %s", run.checkpoint, describe_position(state))
     log.info(
-        "%s, %s params, precision %s",
-        distribution.describe(replicas),
-        f"{model.count_params():,}",
-        policy,
+        "%s, %s params, precision %s", cluster.describe(), f"{model.count_params():,}", policy
     )
 
     def batches(split: str, epoch: int | None = None, skip: int = 0):
         made = pipeline.make_batches(
             cfg.data, cfg.training, split, src_tok, tgt_tok, epoch=epoch, skip=skip
         )
-        return distribution.pad_to_replicas(made, replicas)
+        return cluster.shard(made)
 
     return model, lambda epoch, skip: batches("train", epoch, skip), batches("validation")
 

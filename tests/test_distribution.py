@@ -6,6 +6,7 @@ Devices are split before TensorFlow or JAX starts, so every run is a subprocess 
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -30,21 +31,31 @@ SETTINGS = (
 )
 
 
-def _start(cfg_path, run_dir, backend, distribution, devices=None):
-    """`nmt train` in a subprocess, on `devices` CPU devices."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("NMT_CPU_DEVICES", None)
+def _start(cfg_path, run_dir, backend, distribution, devices=None, env=(), settings=()):
+    """`nmt train` in a subprocess, on `devices` CPU devices, with more `env` variables."""
+    env = {**_clean_environ(), "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "", **dict(env)}
     if devices:
         env["NMT_CPU_DEVICES"] = str(devices)
     cmd = [sys.executable, "-m", "nmt.cli", "train", str(cfg_path), "--run-dir", str(run_dir)]
     cmd += ["--set", f"training.distribution={distribution}"]
+    for setting in settings:
+        cmd += ["--set", setting]
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
 
 
+def _clean_environ() -> dict[str, str]:
+    """This process's environment without the settings that would join a cluster."""
+    cluster = ("NMT_CPU_DEVICES", "TF_CONFIG", "KERAS_DISTRIBUTION_NUM_PROCESSES")
+    return {k: v for k, v in os.environ.items() if k not in cluster}
+
+
 def _log(proc) -> str:
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()  # a worker whose peer died would wait for it forever
     assert proc.returncode == 0, err[-3000:]
     return err
 
@@ -63,14 +74,18 @@ def _checkpoint(run_dir) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _assert_same_training(one, many):
-    first = [json.loads(line) for line in (one / "metrics.jsonl").read_text().splitlines()]
-    second = [json.loads(line) for line in (many / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in first] == [m["step"] for m in second] == [4]
+def _metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_training(one, many, keys=("nll", "val_nll")):
+    """The last validation and checkpoint of two runs agree."""
+    first, second = _metrics(one)[-1], _metrics(many)[-1]
+    assert first["step"] == second["step"]
     # Token metrics; Keras' `loss`/`val_loss` average batches weighted by rows, padding rows
     # included, so they move a little with a padded batch (the training itself does not).
-    for key in ("nll", "val_nll"):
-        assert second[0][key] == pytest.approx(first[0][key], rel=1e-4, abs=1e-5), key
+    for key in keys:
+        assert second[key] == pytest.approx(first[key], rel=1e-4, abs=1e-5), key
     a, b = _checkpoint(one), _checkpoint(many)
     assert a and a.keys() == b.keys()
     for key in a:
@@ -94,15 +109,99 @@ def test_two_replicas_train_like_one_device_at_the_same_global_batch(
     log_one, log_many = (_log(p) for p in procs)
     assert "training on 1 replica (1 worker)" in log_one
     assert "training on 2 replicas (1 worker)" in log_many
+    assert [m["step"] for m in _metrics(one)] == [m["step"] for m in _metrics(many)] == [4]
     _assert_same_training(one, many)
 
 
+def _free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 now (the OS picks them)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _worker_envs(backend: str) -> list[dict[str, str]]:
+    """Two workers on loopback: TF_CONFIG for TensorFlow, Keras' JAX process settings."""
+    ports = _free_ports(2)
+    if backend == "tensorflow":
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        return [
+            {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+            for i in range(2)
+        ]
+    return [
+        {
+            "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{ports[0]}",
+            "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
+            "KERAS_DISTRIBUTION_PROCESS_ID": str(i),
+        }
+        for i in range(2)
+    ]
+
+
+@pytest.mark.parametrize(
+    "backend, distribution", [("tensorflow", "multi_worker"), ("jax", "data_parallel")]
+)
+def test_two_workers_train_like_one_device_and_resume_from_the_chief(
+    tmp_path, tiny_corpus, backend, distribution
+):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(tiny_config(tiny_corpus, *SETTINGS).to_yaml())
+    one, shared = tmp_path / "one", tmp_path / "shared"
+
+    def workers(max_steps):
+        setting = [f"training.max_steps={max_steps}"]
+        return [
+            _start(cfg_path, shared, backend, distribution, env=env, settings=setting)
+            for env in _worker_envs(backend)
+        ]
+
+    # One device at the same global batch, alongside: the reference the workers must match.
+    procs = [_start(cfg_path, one, backend, "none", settings=["training.max_steps=6"])]
+    chief, other = (_log(p) for p in workers(4))
+    for log in (chief, other):
+        assert "training on 2 replicas (2 workers)" in log
+    assert "training SentencePiece" in chief and "training SentencePiece" not in other
+    # Only the chief wrote: one metrics line (each worker would append its own), one
+    # checkpoint, nothing left half-written.
+    assert len(_metrics(shared)) == 1
+    assert sorted(p.name for p in (shared / "checkpoint").iterdir()) == [
+        "best-4.weights.h5",
+        "ckpt-4.weights.h5",
+        "state.json",
+    ]
+    chief, other = (_log(p) for p in workers(6))  # a restart: both resume the chief's step 4
+    for log in (chief, other):
+        assert "resuming from" in log and "step 4" in log
+    _log(procs[0])
+    assert [m["step"] for m in _metrics(shared)] == [4, 6]
+    # Not the training nll: after the restart it averages steps 5-6 only.
+    _assert_same_training(one, shared, keys=("val_nll",))
+
+
 def test_distribution_is_a_config_choice():
-    assert config.load(None, ["training.distribution=mirrored"]).training.distribution == (
-        "mirrored"
-    )
+    for choice in ("mirrored", "multi_worker", "data_parallel"):
+        setting = f"training.distribution={choice}"
+        assert config.load(None, [setting]).training.distribution == choice
     with pytest.raises(ConfigError, match="training.distribution"):
-        config.load(None, ["training.distribution=multi_worker"])
+        config.load(None, ["training.distribution=parameter_server"])
+
+
+def test_multi_worker_without_tf_config_is_one_line(tmp_path, tiny_corpus, capsys, monkeypatch):
+    from nmt import cli
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(tiny_config(tiny_corpus, "training.distribution=multi_worker").to_yaml())
+    assert cli.main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith("nmt: error: training.distribution=multi_worker needs TF_CONFIG")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_distribution_of_another_backend_is_one_line(tmp_path, tiny_corpus, capsys):
