@@ -11,6 +11,7 @@ the training loop asks for its scope, its worker's share of the input and whethe
 the chief, the one worker that writes the run directory.
 Without GPUs, `NMT_CPU_DEVICES=N` (`nmt.devices`) gives a CPU machine N devices to test on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -119,7 +120,10 @@ def start(cfg: TrainingConfig) -> Cluster:
     resolver = strategy.cluster_resolver
     workers = len(resolver.cluster_spec().as_dict().get("worker", [])) if resolver else 1
     return Cluster(
-        strategy, strategy.num_replicas_in_sync, max(workers, 1), resolver.task_id if resolver else 0
+        strategy,
+        strategy.num_replicas_in_sync,
+        max(workers, 1),
+        resolver.task_id if resolver else 0,
     )
 
 

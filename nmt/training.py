@@ -319,9 +319,7 @@ def _build(cfg: Config, run: RunDir, state: dict[str, Any], cluster: distributio
         _apply_config_learning_rate(model, cfg.training)
     if state:
         log.info("resuming from %s: %s", run.checkpoint, describe_position(state))
-    log.info(
-        "%s, %s params, precision %s", cluster.describe(), f"{model.count_params():,}", policy
-    )
+    log.info("%s, %s params, precision %s", cluster.describe(), f"{model.count_params():,}", policy)
 
     def batches(split: str, epoch: int | None = None, skip: int = 0):
         made = pipeline.make_batches(
