@@ -124,6 +124,15 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
+# Workers: one padded width and one batch size, so each process compiles few step shapes.
+WORKER_SETTINGS = (
+    *SETTINGS,
+    "training.batch_by=sentences",
+    "training.batch_size=16",
+    "training.bucket_width=32",
+)
+
+
 def _worker_envs(backend: str) -> list[dict[str, str]]:
     """Two workers on loopback: TF_CONFIG for TensorFlow, Keras' JAX process settings."""
     ports = _free_ports(2)
@@ -150,7 +159,7 @@ def test_two_workers_train_like_one_device_and_resume_from_the_chief(
     tmp_path, tiny_corpus, backend, distribution
 ):
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(tiny_config(tiny_corpus, *SETTINGS).to_yaml())
+    cfg_path.write_text(tiny_config(tiny_corpus, *WORKER_SETTINGS).to_yaml())
     one, shared = tmp_path / "one", tmp_path / "shared"
 
     def workers(max_steps):
