@@ -19,15 +19,14 @@ from nmt.errors import ConfigError
 
 from .conftest import REPO, tiny_config
 
-# Token-budget batches of 18 or 9 pairs (an odd batch is padded for the replicas), with the
-# default clip_norm and label smoothing: the global token mean, the padding and the clip
-# after the sum are all exercised.
+# Batches of 9 pairs, padded to 10 for two replicas, with the default clip_norm and label
+# smoothing: the global token mean, the padding and the clip after the sum are all exercised.
+# One padded width (bucket_width 32 > any tiny sentence) keeps JAX compiling few shapes.
 SETTINGS = (
-    "training.max_steps=4",
     "training.epochs=1",
     "training.learning_rate=0.01",
-    "training.batch_by=tokens",
-    "training.max_tokens=150",
+    "training.batch_size=9",
+    "training.bucket_width=32",
 )
 
 
@@ -92,27 +91,6 @@ def _assert_same_training(one, many, keys=("nll", "val_nll")):
         np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
-@pytest.mark.parametrize(
-    "backend, distribution", [("tensorflow", "mirrored"), ("jax", "data_parallel")]
-)
-def test_two_replicas_train_like_one_device_at_the_same_global_batch(
-    tmp_path, tiny_corpus, backend, distribution
-):
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(tiny_config(tiny_corpus, *SETTINGS).to_yaml())
-    one, many = tmp_path / "one", tmp_path / "two"
-    # Side by side: each mostly waits on its own start-up and compilation.
-    procs = [
-        _start(cfg_path, one, backend, "none"),
-        _start(cfg_path, many, backend, distribution, devices=2),
-    ]
-    log_one, log_many = (_log(p) for p in procs)
-    assert "training on 1 replica (1 worker)" in log_one
-    assert "training on 2 replicas (1 worker)" in log_many
-    assert [m["step"] for m in _metrics(one)] == [m["step"] for m in _metrics(many)] == [4]
-    _assert_same_training(one, many)
-
-
 def _free_ports(count: int) -> list[int]:
     """Ports free on 127.0.0.1 now (the OS picks them)."""
     sockets = [socket.socket() for _ in range(count)]
@@ -122,15 +100,6 @@ def _free_ports(count: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
-
-
-# Workers: one padded width and one batch size, so each process compiles few step shapes.
-WORKER_SETTINGS = (
-    *SETTINGS,
-    "training.batch_by=sentences",
-    "training.batch_size=16",
-    "training.bucket_width=32",
-)
 
 
 def _worker_envs(backend: str) -> list[dict[str, str]]:
@@ -153,24 +122,32 @@ def _worker_envs(backend: str) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "backend, distribution", [("tensorflow", "multi_worker"), ("jax", "data_parallel")]
+    "backend, one_machine, machines",
+    [("tensorflow", "mirrored", "multi_worker"), ("jax", "data_parallel", "data_parallel")],
 )
-def test_two_workers_train_like_one_device_and_resume_from_the_chief(
-    tmp_path, tiny_corpus, backend, distribution
+def test_two_replicas_and_two_workers_train_like_one_device(
+    tmp_path, tiny_corpus, backend, one_machine, machines
 ):
+    """2 devices of one process, and 2 worker processes (killed after 4 steps and started
+    again), end with the weights and optimizer state of 1 device at the same global batch;
+    only the chief writes and every worker resumes from its checkpoint."""
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(tiny_config(tiny_corpus, *WORKER_SETTINGS).to_yaml())
-    one, shared = tmp_path / "one", tmp_path / "shared"
+    cfg_path.write_text(tiny_config(tiny_corpus, *SETTINGS).to_yaml())
+    one, two, shared = tmp_path / "one", tmp_path / "two", tmp_path / "shared"
 
     def workers(max_steps):
         setting = [f"training.max_steps={max_steps}"]
         return [
-            _start(cfg_path, shared, backend, distribution, env=env, settings=setting)
+            _start(cfg_path, shared, backend, machines, env=env, settings=setting)
             for env in _worker_envs(backend)
         ]
 
-    # One device at the same global batch, alongside: the reference the workers must match.
-    procs = [_start(cfg_path, one, backend, "none", settings=["training.max_steps=6"])]
+    six = ["training.max_steps=6"]
+    # Side by side: each mostly waits on its own start-up and compilation.
+    alone = [
+        _start(cfg_path, one, backend, "none", settings=six),
+        _start(cfg_path, two, backend, one_machine, devices=2, settings=six),
+    ]
     chief, other = (_log(p) for p in workers(4))
     for log in (chief, other):
         assert "training on 2 replicas (2 workers)" in log
@@ -186,7 +163,11 @@ def test_two_workers_train_like_one_device_and_resume_from_the_chief(
     chief, other = (_log(p) for p in workers(6))  # a restart: both resume the chief's step 4
     for log in (chief, other):
         assert "resuming from" in log and "step 4" in log
-    _log(procs[0])
+    log_one, log_two = (_log(p) for p in alone)
+    assert "training on 1 replica (1 worker)" in log_one
+    assert "training on 2 replicas (1 worker)" in log_two
+    assert [m["step"] for m in _metrics(one)] == [m["step"] for m in _metrics(two)] == [6]
+    _assert_same_training(one, two)
     assert [m["step"] for m in _metrics(shared)] == [4, 6]
     # Not the training nll: after the restart it averages steps 5-6 only.
     _assert_same_training(one, shared, keys=("val_nll",))
