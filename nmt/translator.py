@@ -222,6 +222,8 @@ def compile_search(
         return _jax_search(search, translator.model, bucket[0], opts.batch_size)
     if backend == "torch":
         return _torch_search(search)
+    if backend == "numpy":
+        return lambda src_ids, src_len: tuple(map(np.asarray, search(src_ids, src_len)))
     raise NmtError(f"decoding does not support KERAS_BACKEND={backend}")
 
 

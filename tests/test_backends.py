@@ -71,7 +71,7 @@ def saved_under_jax(tmp_path_factory) -> Path:
     return work
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax", TORCH])
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", TORCH, "numpy"])
 def test_weights_travel_and_decode_the_same(saved_under_jax, backend):
     if backend != "jax":
         _run(backend, ["-m", "tests.backend_probe", "load", str(saved_under_jax)])
@@ -85,6 +85,26 @@ def test_weights_travel_and_decode_the_same(saved_under_jax, backend):
         assert_same(got[f"changed_{key}"], got[f"fresh_{key}"], f"{key} after new weights")
     assert not np.array_equal(got["changed_beam_scores"], got["beam_scores"])
     assert (got["greedy_ids"] > 0).sum() > 10  # the searches did emit tokens
+
+
+def test_a_sentence_argument_starts_on_numpy_without_tensorflow(tiny_run):
+    """`nmt translate RUN "sentence"` with no KERAS_BACKEND decodes on Keras' numpy backend
+    (the fastest start), never imports TensorFlow, and says what TensorFlow says."""
+    sentence = "the big red dog sits on the street"
+    probe = (
+        "import sys; from nmt import cli; code = cli.main(sys.argv[1:]); import keras; "
+        "print(keras.backend.backend(), sys.modules.get('tensorflow')); sys.exit(code)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    args = ["translate", str(tiny_run), "--beam-size", "3", sentence]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    translation, backend = done.stdout.splitlines()
+    assert backend == "numpy None"
+    assert translation == Translator.from_run_dir(tiny_run).translate([sentence], beam_size=3)[0]
+    assert translation  # the tiny run translates this sentence into something
 
 
 @pytest.mark.parametrize("backend", ["jax", TORCH])
