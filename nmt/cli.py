@@ -259,7 +259,7 @@ def _print_grid(tuned: dict) -> None:
     print(f"validation BLEU, {tuned['sentences']} sentences ({tuned['bleu_signature']})")
     print(" beam  length penalty    BLEU  sent/s (incl. compiling)")
     for cell in tuned["grid"]:
-        mark = "  *" if cell is tuned["best"] else ""
+        mark = "  *" if cell == tuned["best"] else ""
         print(
             f"{cell['beam_size']:5d}  {cell['length_penalty']:14.2f}  {cell['bleu']:6.2f}  "
             f"{cell['sentences_per_s']:6.1f}{mark}"
