@@ -136,7 +136,8 @@ class TrainingConfig:
 
 @dataclass
 class DecodingConfig:
-    """Search settings used by translate, evaluate and export."""
+    """Search settings used by translate, evaluate and export (beam_size and length_penalty
+    give way to a run's `decoding.json`, written by `nmt tune-decoding`)."""
 
     beam_size: int = 5
     # GNMT length penalty alpha: score / ((5 + len) / 6) ** alpha.
