@@ -319,7 +319,7 @@ def read_decoding(run: RunDir) -> dict[str, Any]:
     if not valid or not alpha >= 0:
         raise RunDirError(
             f"{run.decoding} does not hold a beam size and length penalty (damaged?); "
-            "delete it or run 'nmt tune-decoding' again"
+            "delete it, then run 'nmt tune-decoding' again to tune anew"
         )
     return {"beam_size": beam, "length_penalty": float(alpha)}
 

@@ -111,4 +111,4 @@ def test_damaged_decoding_file_is_one_line(content, tiny_run, tmp_path, capsys):
     run.decoding.write_text(content)
     assert cli.main(["translate", str(run.path), "x"]) == 2
     err = capsys.readouterr().err.strip()
-    assert re.fullmatch(r"nmt: error: .*decoding.json does not hold .*tune-decoding' again", err)
+    assert re.fullmatch(r"nmt: error: .*decoding.json does not hold .*delete it.*", err)
