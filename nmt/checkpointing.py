@@ -210,6 +210,9 @@ class RunKeeper(keras.callbacks.Callback):
                 rundir.link(self.run.checkpoint / name, self.run.checkpoint / best_name)
         if best:
             self.state["best_weights"] = best_name
+        # The newest `keep_checkpoints` (for `nmt average`); commit_state deletes the rest.
+        kept = [n for n in self.state.get("kept", []) if n != name] + [name]
+        self.state["kept"] = kept[-self.cfg.keep_checkpoints :]
         self.state.update(
             {FORMAT_KEY: FORMAT_VERSION},
             epoch=self.epoch,

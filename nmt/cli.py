@@ -4,6 +4,11 @@
     nmt train   CONFIG --run-dir DIR [--set section.key=value ...]
     nmt translate | evaluate ...
     nmt export RUN_DIR [OUT_DIR] [--beam-size K] [--length-penalty A] [--force]
+    nmt average RUN_DIR --last N
+    nmt tune-decoding RUN_DIR [--beam-sizes K ...] [--length-penalties A ...]
+
+translate, evaluate, export and tune-decoding take `--weights best|last|averaged`; their
+decoding defaults come from the run's decoding.json (tune-decoding), else its config.
 
 Options and positional arguments may come in any order after the command. User mistakes
 (`NmtError`) print one line on stderr and exit with status 2.
@@ -87,10 +92,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# Where --beam-size and --length-penalty default from.
+RUN_DEFAULT = "default: the run's decoding.json (nmt tune-decoding), else its config"
+
+
+def _add_weights_arg(parser: argparse.ArgumentParser) -> None:
+    from nmt.rundir import WEIGHTS_CHOICES
+
+    parser.add_argument(
+        "--weights",
+        choices=WEIGHTS_CHOICES,
+        default="best",
+        help="best (default), the last checkpoint, or averaged (written by 'nmt average')",
+    )
+
+
 def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--beam-size", type=int, help="beams (1 = greedy); default: config")
-    parser.add_argument("--length-penalty", type=float, help="GNMT alpha; default: config")
+    parser.add_argument("--beam-size", type=int, help=f"beams (1 = greedy); {RUN_DEFAULT}")
+    parser.add_argument("--length-penalty", type=float, help=f"GNMT alpha; {RUN_DEFAULT}")
     parser.add_argument("--batch-size", type=int, help="sentences per batch; default: config")
+    _add_weights_arg(parser)
 
 
 def _decoding_kwargs(args: argparse.Namespace) -> dict:
@@ -107,7 +128,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     if args.sentence is not None and args.input:
         raise NmtError("give either a SENTENCE or --input FILE, not both")
-    translator = Translator.from_run_dir(args.run_dir)
+    translator = Translator.from_run_dir(args.run_dir, args.weights)
     options = {**_decoding_kwargs(args), "n_best": args.n_best}
     translator.decoding_options(**options)  # reject bad options before reading input
     lines, progress = _translation_input(args)
@@ -145,9 +166,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from nmt import evaluation
     from nmt.translator import Translator
 
-    translator = Translator.from_run_dir(args.run_dir)
+    translator = Translator.from_run_dir(args.run_dir, args.weights)
     srcs, refs, name = evaluation.load_data(translator.cfg, args.src, args.ref, args.split)
     report = evaluation.evaluate(translator, srcs, refs, _decoding_kwargs(args), args.by_length)
+    report["weights"] = args.weights
     out_dir = Path(args.output_dir or Path(args.run_dir) / "eval")
     evaluation.write_report(report, out_dir, name)
     print(
@@ -180,7 +202,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out_dir = args.out_dir or str(Path(args.run_dir) / "export")
     settings = export.export(
-        args.run_dir, out_dir, args.beam_size, args.length_penalty, force=args.force
+        args.run_dir,
+        out_dir,
+        args.beam_size,
+        args.length_penalty,
+        force=args.force,
+        weights=args.weights,
     )
     dec = settings["decoding"]
     print(
@@ -188,6 +215,55 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"{dec['length_penalty']}); load with 'import tensorflow_text' + tf.saved_model.load"
     )
     return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from nmt import averaging
+
+    path = averaging.average_checkpoints(args.run_dir, args.last)
+    print(f"averaged the last {args.last} checkpoints -> {path} (use it with --weights averaged)")
+    return 0
+
+
+def cmd_tune_decoding(args: argparse.Namespace) -> int:
+    from nmt import evaluation, rundir
+    from nmt.translator import Translator
+
+    if args.max_sentences < 0:
+        raise NmtError(f"--max-sentences must be at least 0, got {args.max_sentences}")
+    translator = Translator.from_run_dir(args.run_dir, args.weights)
+    srcs, refs, _ = evaluation.load_data(translator.cfg, None, None, "validation")
+    limit = args.max_sentences or len(srcs)
+    tuned = evaluation.tune_decoding(
+        translator,
+        srcs[:limit],
+        refs[:limit],
+        args.beam_sizes,
+        args.length_penalties,
+        args.batch_size,
+    )
+    tuned["weights"] = args.weights
+    run = rundir.RunDir(args.run_dir)
+    rundir.write_decoding(run, tuned)
+    _print_grid(tuned)
+    best = tuned["best"]
+    print(
+        f"stored beam {best['beam_size']}, length penalty {best['length_penalty']:g} "
+        f"(validation BLEU {best['bleu']:.2f}) in {run.decoding}: translate, evaluate and "
+        "export use them unless given --beam-size / --length-penalty"
+    )
+    return 0
+
+
+def _print_grid(tuned: dict) -> None:
+    print(f"validation BLEU, {tuned['sentences']} sentences ({tuned['bleu_signature']})")
+    print(" beam  length penalty    BLEU  sent/s (incl. compiling)")
+    for cell in tuned["grid"]:
+        mark = "  *" if cell == tuned["best"] else ""
+        print(
+            f"{cell['beam_size']:5d}  {cell['length_penalty']:14.2f}  {cell['bleu']:6.2f}  "
+            f"{cell['sentences_per_s']:6.1f}{mark}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,10 +307,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a string-to-string SavedModel")
     p.add_argument("run_dir", help="trained run directory")
     p.add_argument("out_dir", nargs="?", help="SavedModel folder (default: RUN_DIR/export)")
-    p.add_argument("--beam-size", type=int, help="beams baked into the graph; default: config")
-    p.add_argument("--length-penalty", type=float, help="GNMT alpha; default: config")
+    p.add_argument("--beam-size", type=int, help=f"beams baked into the graph; {RUN_DEFAULT}")
+    p.add_argument("--length-penalty", type=float, help=f"GNMT alpha; {RUN_DEFAULT}")
     p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    _add_weights_arg(p)
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("average", help="average the weights of the last kept checkpoints")
+    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument(
+        "--last",
+        type=int,
+        required=True,
+        help="how many of the last checkpoints (at most training.keep_checkpoints)",
+    )
+    p.set_defaults(func=cmd_average)
+    p = sub.add_parser(
+        "tune-decoding",
+        help="grid-search beam size and length penalty on validation; store the best",
+    )
+    p.add_argument("run_dir", help="trained run directory")
+    p.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 2, 4, 8], metavar="K")
+    p.add_argument(
+        "--length-penalties",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.4, 0.6, 0.8, 1.0],
+        metavar="A",
+    )
+    p.add_argument(
+        "--max-sentences", type=int, default=0, help="decode the first N validation pairs; 0 = all"
+    )
+    p.add_argument("--batch-size", type=int, help="sentences per batch; default: config")
+    _add_weights_arg(p)
+    p.set_defaults(func=cmd_tune_decoding)
     for command_parser in sub.choices.values():
         # -v after the command too; SUPPRESS keeps a -v given before it.
         command_parser.add_argument(

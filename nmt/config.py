@@ -117,6 +117,9 @@ class TrainingConfig:
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = "auto"
     # Also checkpoint every N steps within an epoch (0 = only at the end of every epoch).
     checkpoint_every: int = 0
+    # Keep the last N checkpoints (epoch ends and checkpoint_every), for `nmt average`;
+    # 1 keeps only the latest. Each holds weights and optimizer state.
+    keep_checkpoints: int = 1
     early_stopping_metric: Literal["loss", "bleu"] = "loss"
     # Stop after this many validations without improvement (0 = never stop early).
     patience: int = 5
@@ -133,7 +136,8 @@ class TrainingConfig:
 
 @dataclass
 class DecodingConfig:
-    """Search settings used by translate, evaluate and export."""
+    """Search settings used by translate, evaluate and export (beam_size and length_penalty
+    give way to a run's `decoding.json`, written by `nmt tune-decoding`)."""
 
     beam_size: int = 5
     # GNMT length penalty alpha: score / ((5 + len) / 6) ** alpha.
@@ -341,6 +345,7 @@ def _check_values(cfg: Config, prefix: Prefix = lambda name: "") -> None:
         ("training.clip_norm", t.clip_norm, "at least 0"),
         ("training.label_smoothing", t.label_smoothing, "in [0, 1)"),
         ("training.checkpoint_every", t.checkpoint_every, "at least 0"),
+        ("training.keep_checkpoints", t.keep_checkpoints, "at least 1"),
         ("training.patience", t.patience, "at least 0"),
         ("training.bleu_max_sentences", t.bleu_max_sentences, "at least 0"),
         ("training.steps_per_execution", t.steps_per_execution, "at least 1"),

@@ -10,7 +10,7 @@ from typing import Any
 
 from sacrebleu.metrics import BLEU, CHRF
 
-from nmt.errors import DataError
+from nmt.errors import DataError, NmtError
 from nmt.rundir import atomic_write
 
 # Source-length buckets (in words) for the breakdown: [0, 10), [10, 20), ... [50, inf).
@@ -126,6 +126,44 @@ def evaluate(
         report["by_source_length"] = by_source_length(srcs, hyps, refs)
     report["hypotheses"] = hyps
     return report
+
+
+def tune_decoding(
+    translator,
+    srcs: Sequence[str],
+    refs: Sequence[str],
+    beam_sizes: Sequence[int],
+    length_penalties: Sequence[float],
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """BLEU and speed of every beam size x length penalty on `srcs`, and the best pair.
+
+    Returns:
+        {"sentences", "bleu_signature", "grid": [{"beam_size", "length_penalty", "bleu",
+        "sentences_per_s"}, ...] (beams, then penalties, ascending), "best": a grid cell}.
+        The best has the highest BLEU; of equal ones, the first (the smallest beam).
+
+    Raises:
+        NmtError: a beam size or batch size below 1, or a negative length penalty.
+    """
+    if min(length_penalties) < 0:
+        raise NmtError(f"length penalties must be at least 0, got {min(length_penalties)}")
+    grid = [
+        {"beam_size": k, "length_penalty": float(a)}
+        for k in sorted(set(beam_sizes))
+        for a in sorted(set(length_penalties))
+    ]
+    for cell in grid:  # every option checked before the first, long, decode
+        translator.decoding_options(**cell, n_best=1, batch_size=batch_size)
+    for cell in grid:
+        report = evaluate(translator, srcs, refs, {**cell, "n_best": 1, "batch_size": batch_size})
+        cell.update(bleu=report["bleu"], sentences_per_s=report["sentences_per_s"])
+    return {
+        "sentences": len(srcs),
+        "bleu_signature": report["bleu_signature"],
+        "grid": grid,
+        "best": max(grid, key=lambda cell: cell["bleu"]),
+    }
 
 
 def write_report(report: dict[str, Any], out_dir: Path, name: str) -> None:

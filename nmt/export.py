@@ -173,10 +173,13 @@ def build_archive(translator: Translator, opts: DecodingConfig) -> keras.export.
     return archive
 
 
-def export_settings(translator: Translator, opts: DecodingConfig, run_dir: Path) -> dict:
+def export_settings(
+    translator: Translator, opts: DecodingConfig, run_dir: Path, weights: str = "best"
+) -> dict:
     """What `OUT_DIR/nmt_export.json` records: the settings frozen into the graph."""
     return {
         "run_dir": str(run_dir.resolve()),
+        "weights": weights,
         "signature": "serving_default",
         "inputs": {"sentences": "tf.string (batch,)"},
         "outputs": {"translations": "tf.string (batch,)", "scores": "tf.float32 (batch,)"},
@@ -251,14 +254,17 @@ def export(
     beam_size: int | None = None,
     length_penalty: float | None = None,
     force: bool = False,
+    weights: str = "best",
 ) -> dict:
-    """Exports the best model of `run_dir` as a string-to-string SavedModel in `out_dir`.
+    """Exports a model of `run_dir` as a string-to-string SavedModel in `out_dir`.
 
     Args:
         run_dir: trained run directory.
         out_dir: destination folder; must not exist or be empty unless `force`.
-        beam_size, length_penalty: override the run's `decoding` settings.
+        beam_size, length_penalty: override the run's decoding defaults (`decoding.json`,
+            else its config).
         force: replace a non-empty `out_dir`.
+        weights: "best", "last" or "averaged" (see `rundir.trained_weights`).
 
     Returns:
         The settings written to `OUT_DIR/nmt_export.json`.
@@ -276,10 +282,10 @@ def export(
             "a GPU is visible: Keras traces the encoder with cuDNN kernels, so this SavedModel "
             "will need a GPU to run; hide the GPU (CUDA_VISIBLE_DEVICES=) for a portable one"
         )
-    translator = Translator.from_run_dir(run_dir)
+    translator = Translator.from_run_dir(run_dir, weights)
     opts = translator.decoding_options(beam_size=beam_size, n_best=1, length_penalty=length_penalty)
     start = time.perf_counter()
-    settings = export_settings(translator, opts, run_dir)
+    settings = export_settings(translator, opts, run_dir, weights)
     _write(build_archive(translator, opts), settings, out_dir)
     log.info("exported %s to %s in %.1f s", run_dir, out_dir, time.perf_counter() - start)
     return settings

@@ -6,9 +6,12 @@ A run directory holds everything a run needs and makes:
     tokenizer/                   SentencePiece models and settings.json (how, and checksums)
     data_stats.json              filtered-pair counts per split
     checkpoint/state.json        the training state: the commit point of every checkpoint
-    checkpoint/ckpt-STEP.weights.h5   the last checkpoint (weights + optimizer state)
+    checkpoint/ckpt-STEP.weights.h5   the last checkpoints (weights + optimizer state): state.json
+                                 lists the `training.keep_checkpoints` latest as "kept"
     checkpoint/best-STEP.weights.h5   the best weights so far
     best.weights.h5              a hard link to the best weights, for users and `nmt translate`
+    averaged.weights.h5          the mean of the last kept checkpoints (`nmt average`)
+    decoding.json                beam size and length penalty tuned on validation, with the grid
     metrics.jsonl                one JSON line per validation
     logs/                        TensorBoard
     .lock                        held by the process training this run
@@ -40,6 +43,10 @@ STATS_FILE = "data_stats.json"
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 BEST_WEIGHTS = "best.weights.h5"
+AVERAGED_WEIGHTS = "averaged.weights.h5"
+DECODING_FILE = "decoding.json"
+# Which weights `nmt translate|evaluate|export|tune-decoding --weights` load.
+WEIGHTS_CHOICES = ("best", "last", "averaged")
 METRICS_FILE = "metrics.jsonl"
 LOGS_DIR = "logs"
 EVAL_DIR = "eval"
@@ -59,6 +66,8 @@ class RunDir:
         self.checkpoint = self.path / CHECKPOINT_DIR
         self.state = self.checkpoint / STATE_FILE
         self.best_weights = self.path / BEST_WEIGHTS
+        self.averaged_weights = self.path / AVERAGED_WEIGHTS
+        self.decoding = self.path / DECODING_FILE
         self.metrics = self.path / METRICS_FILE
         self.logs = self.path / LOGS_DIR
         self.eval = self.path / EVAL_DIR
@@ -183,9 +192,17 @@ def link(source: Path, dest: Path) -> None:
     _replace_durably(tmp, dest)
 
 
+def kept_checkpoints(state: dict[str, Any]) -> list[str]:
+    """File names of the checkpoints `state` keeps, oldest first ([] before the first)."""
+    if not state:
+        return []
+    # A state.json from before `training.keep_checkpoints` names only the last one.
+    return state.get("kept") or [state["weights"]]
+
+
 def remove_unnamed(run: RunDir, state: dict[str, Any]) -> None:
     """Deletes weight files and temporaries of checkpoints that `state` no longer names."""
-    keep = {STATE_FILE, state.get("weights"), state.get("best_weights")}
+    keep = {STATE_FILE, state.get("weights"), state.get("best_weights"), *kept_checkpoints(state)}
     for path in run.checkpoint.glob("*"):
         if path.name not in keep and path.is_file():
             path.unlink(missing_ok=True)
@@ -242,13 +259,23 @@ class Lock:
         os.close(self.fd)
 
 
-def trained_weights(run: RunDir) -> Path:
-    """The weights to translate with: the best ones, else the last checkpoint.
+def trained_weights(run: RunDir, which: str = "best") -> Path:
+    """The weights to translate with.
+
+    Args:
+        which: "best" (the best weights, else the last checkpoint), "last" (the last
+            checkpoint) or "averaged" (what `nmt average` wrote).
 
     Raises:
-        RunDirError: the run has no weights yet.
+        RunDirError: the run has no such weights yet.
     """
-    if run.best_weights.is_file():
+    if which == "averaged":
+        if not run.averaged_weights.is_file():
+            raise RunDirError(
+                f"{run} has no {AVERAGED_WEIGHTS}; make it with 'nmt average {run} --last N'"
+            )
+        return run.averaged_weights
+    if which == "best" and run.best_weights.is_file():
         return run.best_weights
     state = read_state(run)
     if state and (run.checkpoint / state["weights"]).is_file():
@@ -256,3 +283,47 @@ def trained_weights(run: RunDir) -> Path:
     raise RunDirError(
         f"{run} has no trained model (no {BEST_WEIGHTS}); train it first with 'nmt train'"
     )
+
+
+def last_checkpoints(run: RunDir, n: int) -> list[Path]:
+    """The last `n` checkpoints the run keeps, oldest first.
+
+    Raises:
+        RunDirError: `n` < 1, or the run keeps fewer than `n` checkpoints.
+    """
+    if n < 1:
+        raise RunDirError(f"the number of checkpoints to average must be at least 1, got {n}")
+    kept = kept_checkpoints(read_state(run))
+    if n > len(kept):
+        raise RunDirError(
+            f"{run} keeps {len(kept)} checkpoint(s), fewer than the {n} asked for; train with "
+            f"--set training.keep_checkpoints={n} (or more) to keep them"
+        )
+    return [run.checkpoint / name for name in kept[-n:]]
+
+
+def read_decoding(run: RunDir) -> dict[str, Any]:
+    """The beam size and length penalty `nmt tune-decoding` stored, or {} when it never ran.
+
+    Raises:
+        RunDirError: `decoding.json` is unreadable or does not hold valid settings.
+    """
+    if not run.decoding.is_file():
+        return {}
+    try:
+        best = json.loads(run.decoding.read_text(encoding="utf-8"))["best"]
+        beam, alpha = best["beam_size"], best["length_penalty"]
+        valid = type(beam) is int and beam >= 1 and type(alpha) in (int, float)
+    except (ValueError, OSError, KeyError, TypeError):
+        valid = False
+    if not valid or not alpha >= 0:
+        raise RunDirError(
+            f"{run.decoding} does not hold a beam size and length penalty (damaged?); "
+            "delete it, then run 'nmt tune-decoding' again to tune anew"
+        )
+    return {"beam_size": beam, "length_penalty": float(alpha)}
+
+
+def write_decoding(run: RunDir, tuned: dict[str, Any]) -> None:
+    """Stores what `nmt tune-decoding` found: {"best": {"beam_size", "length_penalty"}, ...}."""
+    atomic_write(run.decoding, json.dumps(tuned, indent=2) + "\n")

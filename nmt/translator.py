@@ -52,8 +52,14 @@ class Translator:
         self._compiled: dict[tuple, SearchFn] = {}
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path) -> Translator:
-        """Loads config, SentencePiece models and the best weights of a run directory.
+    def from_run_dir(cls, run_dir: str | Path, weights: str = "best") -> Translator:
+        """Loads config, SentencePiece models and weights of a run directory.
+
+        Decoding defaults come from the run's `decoding.json` (`nmt tune-decoding`) where it
+        exists, else from its config.
+
+        Args:
+            weights: "best", "last" or "averaged" (see `rundir.trained_weights`).
 
         Raises:
             RunDirError: the folder is missing or lacks a config, tokenizer or weights.
@@ -67,12 +73,21 @@ class Translator:
         if not run.config.is_file():
             raise RunDirError(f"{run} is not a run directory (no {rundir.CONFIG_FILE})")
         cfg = config_lib.load(run.config)
+        tuned = rundir.read_decoding(run)
+        if tuned:
+            cfg = replace(cfg, decoding=replace(cfg.decoding, **tuned))
+            log.info(
+                "decoding defaults from %s: beam %d, length penalty %g",
+                run.decoding,
+                tuned["beam_size"],
+                tuned["length_penalty"],
+            )
         src_tok, tgt_tok = tokenizer.load_tokenizers(run.tokenizer)
-        weights = rundir.trained_weights(run)
-        if weights != run.best_weights:
+        path = rundir.trained_weights(run, weights)
+        if weights == "best" and path != run.best_weights:
             log.warning("%s has no best weights yet; using the last checkpoint", run)
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
-        rundir.load_weights(model, weights)
+        rundir.load_weights(model, path)
         return cls(cfg, model, src_tok, tgt_tok)
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:

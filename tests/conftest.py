@@ -102,10 +102,16 @@ def tiny_run(tmp_path_factory, tiny_corpus) -> Path:
     """A trained run directory (tiny attention model), shared by the tests that only read it.
 
     Trained until different inputs get different translations, so that tests of ordering
-    and n-best lists can tell outputs apart."""
+    and n-best lists can tell outputs apart. It keeps its last 3 checkpoints (of 4) for
+    the checkpoint-averaging tests."""
     from nmt import training
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    settings = ("model.attention=additive", "training.learning_rate=0.01", "training.epochs=4")
+    settings = (
+        "model.attention=additive",
+        "training.learning_rate=0.01",
+        "training.epochs=4",
+        "training.keep_checkpoints=3",
+    )
     training.train(tiny_config(tiny_corpus, *settings), run_dir)
     return run_dir

@@ -49,6 +49,25 @@ ORDERS = {
         ],
         {"run_dir": "r", "out_dir": "out", "force": True, "beam_size": 2},
     ),
+    "average": (
+        [["average", "r", "--last", "3"], ["average", "--last", "3", "r"]],
+        {"run_dir": "r", "last": 3},
+    ),
+    "tune-decoding": (
+        # A list option takes every value up to the next option: RUN_DIR cannot follow it.
+        [
+            ["tune-decoding", "r", "--beam-sizes", "1", "4", "--weights", "averaged"],
+            ["tune-decoding", "--weights", "averaged", "r", "--beam-sizes", "1", "4"],
+            ["tune-decoding", "--beam-sizes", "1", "4", "--weights", "averaged", "r"],
+        ],
+        {
+            "run_dir": "r",
+            "beam_sizes": [1, 4],
+            "length_penalties": [0.0, 0.4, 0.6, 0.8, 1.0],
+            "weights": "averaged",
+            "max_sentences": 0,
+        },
+    ),
 }
 
 
@@ -74,6 +93,8 @@ def test_verbose_before_or_after_the_command(argv):
         (["train", "c.yaml"], "the following arguments are required: --run-dir"),
         (["export", "r", "out", "extra"], "unrecognized arguments: extra"),
         (["evaluate", "r", "--split", "dev"], "invalid choice: 'dev'"),
+        (["translate", "r", "x", "--weights", "worst"], "invalid choice: 'worst'"),
+        (["average", "r"], "the following arguments are required: --last"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message(argv, message, capsys):

@@ -154,6 +154,7 @@ def test_export_writes_decoding_settings(run_dir, exported):
     assert settings["decoding"]["max_input_len"] == MAX_INPUT_LEN
     assert settings["decoding"]["max_len_a"] == decoding.max_len_a
     assert settings["decoding"]["max_len_b"] == decoding.max_len_b
+    assert settings["weights"] == "best"
 
 
 def test_beam_and_length_penalty_overrides(run_dir, tmp_path):

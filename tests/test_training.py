@@ -32,10 +32,13 @@ def test_run_directory_is_self_contained(tiny_run):
         assert (tiny_run / name).exists(), name
     assert list((tiny_run / "tokenizer").glob("*.model"))
     state = json.loads((tiny_run / "checkpoint" / "state.json").read_text())
-    # Exactly the weights state.json names: older checkpoints are deleted once replaced.
+    # Exactly the weights state.json names: the last keep_checkpoints=3 of 4 epoch ends
+    # and the best; older checkpoints are deleted once replaced.
     names = sorted(p.name for p in (tiny_run / "checkpoint").glob("*.h5"))
-    assert names == sorted({state["weights"], state["best_weights"]})
-    assert state["weights"] == f"ckpt-{state['step']}.weights.h5"
+    assert names == sorted({*state["kept"], state["best_weights"]})
+    steps = [int(name.split("-")[1].split(".")[0]) for name in state["kept"]]
+    assert len(steps) == 3 and steps == sorted(steps) and steps[-1] == state["step"]
+    assert state["weights"] == f"ckpt-{state['step']}.weights.h5" == state["kept"][-1]
     assert os.path.samefile(
         tiny_run / "best.weights.h5", tiny_run / "checkpoint" / state["best_weights"]
     )

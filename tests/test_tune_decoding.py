@@ -1,0 +1,114 @@
+"""`nmt tune-decoding`: the grid, the stored best and the defaults it gives other commands."""
+
+import contextlib
+import io
+import json
+import re
+import shutil
+
+import pytest
+
+from nmt import cli, evaluation, rundir
+from nmt.rundir import RunDir
+from nmt.translator import Translator
+
+GRID = ["--beam-sizes", "2", "1", "--length-penalties", "1.0", "0", "--max-sentences", "8"]
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_run, tmp_path_factory) -> tuple[RunDir, str]:
+    """A copy of the tiny run after `nmt tune-decoding` (the shared run stays untuned), and
+    what the command printed."""
+    run = RunDir(tmp_path_factory.mktemp("tuned") / "run")
+    shutil.copytree(tiny_run, run.path)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert cli.main(["tune-decoding", str(run.path), *GRID]) == 0
+    return run, out.getvalue()
+
+
+def test_table_has_every_cell_and_the_stored_best_is_the_arg_max(tuned):
+    run, printed = tuned
+    stored = json.loads(run.decoding.read_text())
+    cells = [(c["beam_size"], c["length_penalty"]) for c in stored["grid"]]
+    assert cells == [(1, 0.0), (1, 1.0), (2, 0.0), (2, 1.0)]
+    assert stored["sentences"] == 8 and stored["weights"] == "best"
+    best = max(stored["grid"], key=lambda c: c["bleu"])
+    assert stored["best"] == best
+    rows = re.findall(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*(\*?)$", printed, re.M)
+    assert [(int(k), float(a)) for k, a, *_ in rows] == cells
+    assert [float(r[2]) for r in rows] == [c["bleu"] for c in stored["grid"]]
+    assert [bool(r[4]) for r in rows] == [c == best for c in stored["grid"]]
+    expected = f"stored beam {best['beam_size']}, length penalty {best['length_penalty']:g}"
+    assert expected in printed and str(run.decoding) in printed
+
+
+def test_grid_bleu_is_what_evaluate_gives(tuned):
+    run, _ = tuned
+    cell = json.loads(run.decoding.read_text())["grid"][-1]
+    translator = Translator.from_run_dir(run.path)
+    srcs, refs, _ = evaluation.load_data(translator.cfg, None, None, "validation")
+    options = {"beam_size": cell["beam_size"], "length_penalty": cell["length_penalty"]}
+    assert evaluation.evaluate(translator, srcs[:8], refs[:8], options)["bleu"] == cell["bleu"]
+
+
+def test_commands_default_to_the_tuned_settings_and_options_win(tuned, tmp_path, capsys):
+    run, _ = tuned
+    best = json.loads(run.decoding.read_text())["best"]
+    opts = Translator.from_run_dir(run.path).decoding_options()
+    assert (opts.beam_size, opts.length_penalty) == (best["beam_size"], best["length_penalty"])
+    base = ["evaluate", str(run.path), "--split", "validation", "--output-dir", str(tmp_path)]
+    for extra, beam, alpha in [
+        ([], best["beam_size"], best["length_penalty"]),
+        (["--beam-size", "3", "--length-penalty", "0.3"], 3, 0.3),
+    ]:
+        assert cli.main([*base, *extra]) == 0
+        report = json.loads((tmp_path / "validation.json").read_text())
+        assert (report["beam_size"], report["length_penalty"]) == (beam, alpha)
+    assert cli.main(["translate", str(run.path), "a man runs"]) == 0
+    assert "decoding defaults from" in capsys.readouterr().err
+
+
+def test_best_is_the_first_of_the_highest(monkeypatch):
+    """The arg-max over a grid whose scores the test chooses, ties to the smaller beam."""
+    scores = {(1, 0.0): 10.0, (1, 0.5): 30.0, (4, 0.0): 20.0, (4, 0.5): 30.0}
+
+    def fake_evaluate(translator, srcs, refs, decoding):
+        bleu = scores[(decoding["beam_size"], decoding["length_penalty"])]
+        return {"bleu": bleu, "sentences_per_s": 1.0, "bleu_signature": "sig"}
+
+    class FakeTranslator:
+        def decoding_options(self, **options):
+            pass
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    tuned = evaluation.tune_decoding(FakeTranslator(), ["a"], ["b"], [4, 1], [0.5, 0.0])
+    assert [c["bleu"] for c in tuned["grid"]] == [10.0, 30.0, 20.0, 30.0]
+    assert (tuned["best"]["beam_size"], tuned["best"]["length_penalty"]) == (1, 0.5)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-sentences", "-1"], "--max-sentences must be at least 0, got -1"),
+        (["--beam-sizes", "0", "2"], "beam size, n-best and batch size must be at least 1"),
+        (["--length-penalties", "-0.5"], "length penalties must be at least 0, got -0.5"),
+        (["--weights", "averaged"], "has no averaged.weights.h5"),
+    ],
+)
+def test_tune_decoding_errors(args, message, tiny_run, capsys):
+    assert cli.main(["tune-decoding", str(tiny_run), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nmt: error: ") and message in err[0], err
+    assert not (tiny_run / rundir.DECODING_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"best": {"beam_size": 0, "length_penalty": 0.6}}', "[]"]
+)
+def test_damaged_decoding_file_is_one_line(content, tiny_run, tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(tiny_run, run.path)
+    run.decoding.write_text(content)
+    assert cli.main(["translate", str(run.path), "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"nmt: error: .*decoding.json does not hold .*delete it.*", err)
