@@ -703,3 +703,34 @@ def test_same_results_inside_jax_jit():
     run, eager, args = compiled_cases()
     for got, want in zip(jax.jit(run)(*args), eager, strict=True):
         np.testing.assert_allclose(np_(got), np_(want), rtol=1e-6)
+
+
+def test_ensemble_step_is_the_log_of_the_mean_probability():
+    tables = random_tables(3, sentences=2, steps=1)[:, 0]  # two Markov chains
+    steps = [markov_step(table) for table in tables]
+    combined = search.ensemble(steps)
+    tokens = ops.convert_to_tensor([BOS_ID, A], "int32")
+    states = (markov_state([0, 0]), markov_state([0, 0]))
+    log_probs, new_states = combined(tokens, states)
+    expected = np.log(np.exp(tables[:, [BOS_ID, A]]).mean(axis=0))
+    np.testing.assert_allclose(np_(log_probs), expected, rtol=1e-5)
+    # Every member's state advanced by its own step function, in member order.
+    assert isinstance(new_states, tuple) and len(new_states) == 2
+    assert all((np_(s["t"]) == 1).all() for s in new_states)
+    # One member is passed through as it is.
+    alone, _ = search.ensemble(steps[:1])(tokens, states[:1])
+    np.testing.assert_array_equal(np_(alone), np_(steps[0](tokens, states[0])[0]))
+
+
+def test_ensemble_of_a_model_with_itself_searches_as_the_model():
+    step, state = markov_step(GREEDY_TRAP), markov_state([0])
+    twice = search.ensemble([step, step])
+    ids, scores = beam_search(step, state, 5, 2, n_best=2)
+    ids2, scores2 = beam_search(twice, (state, state), 5, 2, n_best=2)
+    np.testing.assert_array_equal(np_(ids2), np_(ids))
+    np.testing.assert_allclose(np_(scores2), np_(scores), rtol=1e-6)
+
+
+def test_ensemble_argument_errors():
+    with pytest.raises(ValueError, match="at least one"):
+        search.ensemble([])
