@@ -74,7 +74,9 @@ def source_mask(src_ids: Tensor) -> Tensor:
 
 
 def _warn_unfused(cfg: ModelConfig) -> None:
-    reasons = [f"model.recurrent_dropout={cfg.recurrent_dropout}"] * (cfg.recurrent_dropout > 0)
+    reasons = []
+    if cfg.recurrent_dropout > 0:
+        reasons.append(f"model.recurrent_dropout={cfg.recurrent_dropout}")
     if cfg.cell == "gru" and cfg.gru_variant == "reset_before":
         reasons.append("model.gru_variant='reset_before'")
     for reason in reasons:
