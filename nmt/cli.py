@@ -2,7 +2,7 @@
 
     nmt prepare CONFIG --run-dir DIR [--set section.key=value ...]
     nmt train   CONFIG --run-dir DIR [--set section.key=value ...]
-    nmt translate | evaluate ...
+    nmt translate | evaluate RUN_DIR ... [--ensemble RUN_DIR ...]
     nmt export RUN_DIR [OUT_DIR] [--beam-size K] [--length-penalty A] [--force]
     nmt average RUN_DIR --last N
     nmt tune-decoding RUN_DIR [--beam-sizes K ...] [--length-penalties A ...]
@@ -114,6 +114,26 @@ def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
     _add_weights_arg(parser)
 
 
+def _add_ensemble_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ensemble",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="RUN_DIR",
+        help="decode with these runs' models too, averaging their probabilities (each run "
+        "must have RUN_DIR's SentencePiece models; --weights applies to every run, decoding "
+        "settings come from RUN_DIR); SENTENCE goes before --ensemble. nmt export takes one "
+        "run: ensembles are not exported",
+    )
+
+
+def _load_translator(args: argparse.Namespace):
+    from nmt.translator import Translator
+
+    return Translator.from_run_dir(args.run_dir, args.weights, ensemble=args.ensemble)
+
+
 def _decoding_kwargs(args: argparse.Namespace) -> dict:
     return {
         "beam_size": args.beam_size,
@@ -124,11 +144,10 @@ def _decoding_kwargs(args: argparse.Namespace) -> dict:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     from nmt import console
-    from nmt.translator import Translator
 
     if args.sentence is not None and args.input:
         raise NmtError("give either a SENTENCE or --input FILE, not both")
-    translator = Translator.from_run_dir(args.run_dir, args.weights)
+    translator = _load_translator(args)
     options = {**_decoding_kwargs(args), "n_best": args.n_best}
     translator.decoding_options(**options)  # reject bad options before reading input
     lines, progress = _translation_input(args)
@@ -164,17 +183,21 @@ def _translation_input(args: argparse.Namespace):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nmt import evaluation
-    from nmt.translator import Translator
 
-    translator = Translator.from_run_dir(args.run_dir, args.weights)
+    translator = _load_translator(args)
     srcs, refs, name = evaluation.load_data(translator.cfg, args.src, args.ref, args.split)
     report = evaluation.evaluate(translator, srcs, refs, _decoding_kwargs(args), args.by_length)
     report["weights"] = args.weights
+    if args.ensemble:
+        # Not the single model's NAME.json: the ensemble's report sits beside it.
+        report["ensemble"] = [args.run_dir, *args.ensemble]
+        name = f"{name}.ensemble"
     out_dir = Path(args.output_dir or Path(args.run_dir) / "eval")
     evaluation.write_report(report, out_dir, name)
+    models = f", ensemble of {len(report['ensemble'])}" if args.ensemble else ""
     print(
         f"BLEU {report['bleu']:.2f}  chrF {report['chrf']:.2f}  ({report['sentences']} "
-        f"sentences, beam {report['beam_size']}, {report['sentences_per_s']:.1f} sent/s)"
+        f"sentences, beam {report['beam_size']}{models}, {report['sentences_per_s']:.1f} sent/s)"
     )
     print(f"sacrebleu BLEU signature: {report['bleu_signature']}")
     print(f"sacrebleu chrF signature: {report['chrf_signature']}")
@@ -289,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="with N > 1 print N lines per input: 'INDEX ||| TRANSLATION ||| SCORE'",
     )
+    _add_ensemble_arg(p)
     _add_decoding_args(p)
     p.set_defaults(func=cmd_translate)
     p = sub.add_parser("evaluate", help="BLEU and chrF (sacrebleu) of a trained run")
@@ -301,7 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on a split of the run's configured corpus instead",
     )
     p.add_argument("--by-length", action="store_true", help="BLEU by source length")
-    p.add_argument("--output-dir", help="where hypotheses and report go (default RUN_DIR/eval)")
+    p.add_argument(
+        "--output-dir",
+        help="where hypotheses and report go (default RUN_DIR/eval; an ensemble's are named "
+        "NAME.ensemble.hyp and .json)",
+    )
+    _add_ensemble_arg(p)
     _add_decoding_args(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("export", help="export a string-to-string SavedModel")

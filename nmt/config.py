@@ -81,6 +81,13 @@ class ModelConfig:
     dropout: float = 0.3
     # Recurrent dropout disables the fused (cuDNN) GRU kernel; keep 0 unless needed.
     recurrent_dropout: float = 0.0
+    # The recurrent unit of encoder and decoder: "gru" (Cho et al.) or "lstm" (four gates
+    # and a memory cell; everything else stays the same, see nmt.model).
+    cell: Literal["gru", "lstm"] = "gru"
+    # GRU only. "reset_after" applies the reset gate after the recurrent product (the
+    # cuDNN form); "reset_before" is the paper's h~ = tanh(W x + U (r * h)), which has no
+    # fused kernel and one bias vector per gate instead of two.
+    gru_variant: Literal["reset_after", "reset_before"] = "reset_after"
     # "none" is pure Cho; "additive" (Bahdanau) and "dot"/"general" (Luong) add attention
     # over all encoder states, computed after the decoder GRU.
     attention: Literal["none", "additive", "dot", "general"] = "none"
@@ -366,6 +373,11 @@ def _check_values(cfg: Config, prefix: Prefix = lambda name: "") -> None:
         raise ConfigError(
             f"{prefix('decoding.n_best')}decoding.n_best ({dec.n_best}) cannot exceed "
             f"decoding.beam_size ({dec.beam_size})"
+        )
+    if m.cell != "gru" and m.gru_variant != "reset_after":
+        raise ConfigError(
+            f"{prefix('model.gru_variant')}model.gru_variant={m.gru_variant!r} applies to "
+            f"GRUs only, but model.cell is {m.cell!r}"
         )
     if d.format == "tfds" and not d.tfds_name:
         raise ConfigError(

@@ -7,16 +7,17 @@ MFU. Names: `E` embedding_dim, `H` encoder_units, `D` directions (2 when bidirec
 `C = D * H` encoder state and context size, `L` encoder_layers, `H'` decoder_units,
 `R = 2 * maxout_units` readout width before maxout, `M` maxout_units, `A` attention_units,
 `V` target vocabulary size, `S` source and `T` target tokens per sentence (EOS included;
-the decoder runs over `T` positions, BOS + y).
+the decoder runs over `T` positions, BOS + y), `G` gates of the recurrent cell: 3 for a GRU
+(both `gru_variant`s: `r ⊙ (U h)` and `U (r ⊙ h)` cost the same product), 4 for an LSTM.
 
 Forward MACs of one sentence:
 
 - encoder, per source token and direction, layer `l` with input `in_l` (`E`, then `C`):
-  `3 (in_l H + H H)` (three gates, input and recurrent products) -> `S D sum_l 3 (in_l H + H^2)`;
+  `G (in_l H + H H)` (G gates, input and recurrent products) -> `S D sum_l G (in_l H + H^2)`;
 - once per sentence: context `c = tanh(V h_T)`: `C C`; decoder init `tanh(V' c)`: `C H'`;
   `O_c c`: `C R`; attention keys over the source: additive `S C A`, general (or dot with
   `C != H'`) `S C H'`, dot otherwise 0;
-- per target position: decoder GRU over `[e(y); c]`: `3 ((E + C) H' + H' H')`; readout
+- per target position: decoder GRU/LSTM over `[e(y); c]`: `G ((E + C) H' + H' H')`; readout
   `O_h h' + O_y e(y)`: `(H' + E) R`; output projection: `M V` (tied embeddings:
   `E V`, plus `M E` when `M != E`);
 - per target position with attention: scores over the `S` source positions (additive:
@@ -50,14 +51,15 @@ def forward_macs(
         tgt_len: target tokens per sentence (mean; EOS included).
 
     Returns:
-        `{"encoder", "sentence", "decoder_gru", "attention", "readout", "output"}` MACs per
+        `{"encoder", "sentence", "decoder_rnn", "attention", "readout", "output"}` MACs per
         sentence; their sum is the forward cost of the sentence.
     """
     e, h, d_units = cfg.embedding_dim, cfg.encoder_units, cfg.decoder_units
+    gates = 4 if cfg.cell == "lstm" else 3
     directions = 2 if cfg.bidirectional else 1
     c, r, m = directions * h, 2 * cfg.maxout_units, cfg.maxout_units
     inputs = [e] + [c] * (cfg.encoder_layers - 1)
-    encoder = src_len * directions * sum(3 * (i * h + h * h) for i in inputs)
+    encoder = src_len * directions * sum(gates * (i * h + h * h) for i in inputs)
     sentence = c * c + c * d_units + c * r
     attention = readout_a = 0.0
     if cfg.attention == "additive":
@@ -77,7 +79,7 @@ def forward_macs(
     return {
         "encoder": encoder,
         "sentence": sentence,
-        "decoder_gru": tgt_len * 3 * ((e + c) * d_units + d_units * d_units),
+        "decoder_rnn": tgt_len * gates * ((e + c) * d_units + d_units * d_units),
         "attention": attention,
         "readout": tgt_len * ((d_units + e) * r + readout_a),
         "output": tgt_len * output,

@@ -16,8 +16,22 @@ Optional attention (`additive`, `dot`, `general`) is computed *after* the decode
 all encoder states, so teacher-forced training still runs the decoder GRU over the whole
 target sequence with the fused (cuDNN) kernel.
 
-Every GRU is cuDNN-eligible: `reset_after=True`, tanh/sigmoid, `unroll=False`, bias on,
-right-padded masks and (by default) no recurrent dropout.
+The recurrent unit (`model.cell`) is a GRU (the paper's) or an LSTM, everything else
+equal. With an LSTM the encoder's recurrent state is `(h, c)` per direction: `h_T`, the
+output, makes the context vector as above, and the memory cell `c` stays inside the encoder.
+The decoder's LSTM starts from `(h'_0, c'_0) = (tanh(V' c), 0)`: the same projection as the
+GRU's, and an empty memory cell that fills from `[e(y); c]` read at every step. So an LSTM
+model has exactly the GRU model's weights outside the recurrent layers, and 4/3 of their
+recurrent weights (four gates instead of three; `reset_before` GRU biases, one per gate).
+The decoder state is a tuple of tensors, `(h,)` or `(h, c)`, which search tiles and
+gathers like every other leaf.
+
+`model.gru_variant` picks the GRU form: `reset_after` (the default) applies the reset gate
+after the recurrent product, `h~ = tanh(W x + b + r * (U h + b'))`, the cuDNN form;
+`reset_before` is the paper's `h~ = tanh(W x + U (r * h) + b)` (Keras `reset_after=False`).
+
+Every recurrent layer is cuDNN-eligible except a `reset_before` GRU: tanh/sigmoid,
+`unroll=False`, bias on, right-padded masks and (by default) no recurrent dropout.
 """
 
 from __future__ import annotations
@@ -32,6 +46,9 @@ from keras import ops
 from nmt.config import PAD_ID, ModelConfig
 
 ATTENTION_TYPES = ("none", "additive", "dot", "general")
+# State tensors each recurrent cell carries, hidden state h first: GRU (h,), LSTM (h, c).
+CELL_STATES = {"gru": 1, "lstm": 2}
+GRU_VARIANTS = ("reset_after", "reset_before")
 # Large negative score for padded source positions. Scores are float32 when masked, so this
 # neither overflows in float16 nor gives NaN (no row is ever fully masked, see source_mask).
 _MASK_SCORE = -1e9
@@ -56,27 +73,47 @@ def source_mask(src_ids: Tensor) -> Tensor:
     return ops.logical_or(ops.not_equal(src_ids, PAD_ID), ops.expand_dims(first, 0))
 
 
-def _warn_recurrent_dropout(rate: float) -> None:
-    if rate > 0:
-        # One call site, so Python's default warning filter shows this once per process.
+def _warn_unfused(cfg: ModelConfig) -> None:
+    reasons = []
+    if cfg.recurrent_dropout > 0:
+        reasons.append(f"model.recurrent_dropout={cfg.recurrent_dropout}")
+    if cfg.cell == "gru" and cfg.gru_variant == "reset_before":
+        reasons.append("model.gru_variant='reset_before'")
+    for reason in reasons:
+        # One call site, so Python's default warning filter shows each once per process.
         warnings.warn(
-            f"model.recurrent_dropout={rate} disables the fused (cuDNN) GRU kernel; "
+            f"{reason} disables the fused (cuDNN) {cfg.cell.upper()} kernel; "
             "training will be much slower on GPU.",
             UserWarning,
             stacklevel=2,
         )
 
 
-def _gru(
-    units: int, recurrent_dropout: float, name: str, dtype: Any, **kwargs: Any
-) -> keras.layers.GRU:
-    """A GRU layer with every setting the fused cuDNN kernel needs spelled out."""
-    return keras.layers.GRU(
-        units,
+def _check_cell(cell: str, gru_variant: str) -> None:
+    if cell not in CELL_STATES:
+        raise ValueError(f"unknown cell {cell!r}; choose one of {tuple(CELL_STATES)}")
+    if gru_variant not in GRU_VARIANTS:
+        raise ValueError(f"unknown gru_variant {gru_variant!r}; choose one of {GRU_VARIANTS}")
+
+
+def _rnn(
+    cell: str,
+    gru_variant: str,
+    units: int,
+    recurrent_dropout: float,
+    name: str,
+    dtype: Any,
+    **kwargs: Any,
+) -> keras.layers.RNN:
+    """A GRU or LSTM layer with every setting the fused cuDNN kernel needs spelled out.
+
+    A `reset_before` GRU has no fused kernel; Keras then runs its generic loop.
+    """
+    _check_cell(cell, gru_variant)
+    settings = dict(
         activation="tanh",
         recurrent_activation="sigmoid",
         use_bias=True,
-        reset_after=True,
         unroll=False,
         recurrent_dropout=recurrent_dropout,
         return_sequences=True,
@@ -86,6 +123,9 @@ def _gru(
         dtype=dtype,
         **kwargs,
     )
+    if cell == "lstm":
+        return keras.layers.LSTM(units, **settings)
+    return keras.layers.GRU(units, reset_after=gru_variant == "reset_after", **settings)
 
 
 @keras.saving.register_keras_serializable(package="nmt")
@@ -221,7 +261,7 @@ class Attention(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="nmt")
 class Encoder(keras.layers.Layer):
-    """Source embedding -> stacked (bi)GRU -> context vector `c = tanh(V h_T)`."""
+    """Source embedding -> stacked (bi)GRU or LSTM -> context vector `c = tanh(V h_T)`."""
 
     def __init__(
         self,
@@ -232,12 +272,15 @@ class Encoder(keras.layers.Layer):
         bidirectional: bool = True,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
+        cell: str = "gru",
+        gru_variant: str = "reset_after",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.bidirectional = num_layers, bidirectional
         self.dropout_rate, self.recurrent_dropout = dropout, recurrent_dropout
+        self.cell, self.gru_variant = cell, gru_variant
         policy = self.dtype_policy
         self.embedding = keras.layers.Embedding(
             vocab_size, embedding_dim, name="embedding", dtype=policy
@@ -254,13 +297,20 @@ class Encoder(keras.layers.Layer):
         return self.units * (2 if self.bidirectional else 1)
 
     def _make_rnn(self, index: int) -> keras.layers.Layer:
-        gru = _gru(
-            self.units, self.recurrent_dropout, f"gru_{index}", self.dtype_policy, return_state=True
+        name = f"{self.cell}_{index}"
+        rnn = _rnn(
+            self.cell,
+            self.gru_variant,
+            self.units,
+            self.recurrent_dropout,
+            name,
+            self.dtype_policy,
+            return_state=True,
         )
         if not self.bidirectional:
-            return gru
+            return rnn
         return keras.layers.Bidirectional(
-            gru, merge_mode="concat", name=f"bigru_{index}", dtype=self.dtype_policy
+            rnn, merge_mode="concat", name=f"bi{name}", dtype=self.dtype_policy
         )
 
     def call(self, src_ids: Tensor, training: bool = False) -> dict[str, Tensor]:
@@ -281,7 +331,9 @@ class Encoder(keras.layers.Layer):
                 x = self.dropout(x, training=training)
             outputs = rnn(x, mask=mask, training=training)
             x, final_states = outputs[0], list(outputs[1:])
-        last = ops.concatenate(final_states, axis=-1) if len(final_states) > 1 else final_states[0]
+        # Per direction the states come h first; an LSTM's memory cell c is left out.
+        last_h = final_states[:: CELL_STATES[self.cell]]
+        last = ops.concatenate(last_h, axis=-1) if len(last_h) > 1 else last_h[0]
         return {"enc_states": x, "src_mask": mask, "context": self.context_proj(last)}
 
     def get_config(self) -> dict:
@@ -294,15 +346,17 @@ class Encoder(keras.layers.Layer):
             "bidirectional": self.bidirectional,
             "dropout": self.dropout_rate,
             "recurrent_dropout": self.recurrent_dropout,
+            "cell": self.cell,
+            "gru_variant": self.gru_variant,
         }
 
 
 @keras.saving.register_keras_serializable(package="nmt")
 class Decoder(keras.layers.Layer):
-    """GRU decoder reading `[e(y_{t-1}); c]`, optional attention, maxout readout.
+    """GRU (or LSTM) decoder reading `[e(y_{t-1}); c]`, optional attention, maxout readout.
 
     `call` runs teacher forcing over a whole target sequence; `step` runs one position with
-    the same weights (the GRU layer's own cell), for search.
+    the same weights (the recurrent layer's own cell), for search.
     """
 
     def __init__(
@@ -317,6 +371,8 @@ class Decoder(keras.layers.Layer):
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
         tie_embeddings: bool = False,
+        cell: str = "gru",
+        gru_variant: str = "reset_after",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -327,7 +383,19 @@ class Decoder(keras.layers.Layer):
         self.attention_type, self.attention_units = attention, attention_units
         self.dropout_rate, self.recurrent_dropout = dropout, recurrent_dropout
         self.tie_embeddings = tie_embeddings
+        self.cell, self.gru_variant = cell, gru_variant
         self._make_layers()
+
+    @property
+    def rnn(self) -> keras.layers.RNN:
+        """The recurrent layer (GRU or LSTM).
+
+        It is stored in the attribute named after the cell (`self.gru`, `self.lstm`): weights
+        files address layers by attribute name, so GRU runs trained before `model.cell`
+        existed keep loading. Keras saves a layer once, under the first name it visits in
+        sorted order, and "gru" and "lstm" sort before "rnn".
+        """
+        return getattr(self, self.cell)
 
     def _make_layers(self) -> None:
         policy, readout = self.dtype_policy, 2 * self.maxout_units
@@ -343,7 +411,13 @@ class Decoder(keras.layers.Layer):
         self.init_proj = keras.layers.Dense(
             self.units, activation="tanh", name="init_state", dtype=policy
         )
-        self.gru = _gru(self.units, self.recurrent_dropout, "gru", policy)
+        setattr(  # under the cell's name: see `rnn`
+            self,
+            self.cell,
+            _rnn(
+                self.cell, self.gru_variant, self.units, self.recurrent_dropout, self.cell, policy
+            ),
+        )
         self.attention = None
         if self.attention_type != "none":
             self.attention = Attention(
@@ -377,8 +451,12 @@ class Decoder(keras.layers.Layer):
     def initial_state(self, encoded: dict[str, Tensor]) -> dict[str, Tensor]:
         """Decoder state before the first target token; see `Seq2Seq.initial_state`."""
         context = encoded["context"]
+        h0 = self.init_proj(context)
+        # An LSTM's memory cell starts empty: the LSTM then shares every non-recurrent weight
+        # (V' included) with the GRU model, and reads c at every step to fill its cell.
+        dec_state = (h0,) + (ops.zeros_like(h0),) * (CELL_STATES[self.cell] - 1)
         state = {
-            "dec_h": self.init_proj(context),
+            "dec_state": dec_state,
             "context": context,
             "readout_ctx": self.readout_c(context),
         }
@@ -409,9 +487,9 @@ class Decoder(keras.layers.Layer):
         context_seq = ops.zeros_like(emb[..., :1]) + ops.expand_dims(state["context"], 1)
         # No target mask: positions after the end only produce ignored (finite) logits,
         # and a maskless call always qualifies for the fused kernel.
-        hidden = self.gru(
+        hidden = self.rnn(
             ops.concatenate([emb, context_seq], axis=-1),
-            initial_state=state["dec_h"],
+            initial_state=list(state["dec_state"]),
             training=training,
         )
         outputs = {}
@@ -427,9 +505,10 @@ class Decoder(keras.layers.Layer):
     def step(self, token_ids: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """One decoding step; see `Seq2Seq.decode_step`."""
         emb = self.embedding(token_ids)
-        gru_input = ops.concatenate([emb, state["context"]], axis=-1)
-        hidden = self.gru.cell(gru_input, state["dec_h"], training=False)[0]
-        new_state = dict(state, dec_h=hidden)
+        rnn_input = ops.concatenate([emb, state["context"]], axis=-1)
+        hidden, dec_state = self.rnn.cell(rnn_input, list(state["dec_state"]), training=False)
+        # A tuple, as in `initial_state`: search loops need the same structure every step.
+        new_state = dict(state, dec_state=tuple(dec_state))
         attn_context = None
         if self.attention is not None:
             attn_context, weights = self.attention(
@@ -475,6 +554,8 @@ class Decoder(keras.layers.Layer):
             "dropout": self.dropout_rate,
             "recurrent_dropout": self.recurrent_dropout,
             "tie_embeddings": self.tie_embeddings,
+            "cell": self.cell,
+            "gru_variant": self.gru_variant,
         }
 
 
@@ -504,7 +585,8 @@ class Seq2Seq(keras.Model):
             raise ValueError(
                 f"unknown attention {cfg.attention!r}; choose one of {ATTENTION_TYPES}"
             )
-        _warn_recurrent_dropout(cfg.recurrent_dropout)
+        _check_cell(cfg.cell, cfg.gru_variant)
+        _warn_unfused(cfg)
         self.model_config = cfg
         self.src_vocab_size, self.tgt_vocab_size = src_vocab_size, tgt_vocab_size
         self.encoder = Encoder(
@@ -515,6 +597,8 @@ class Seq2Seq(keras.Model):
             bidirectional=cfg.bidirectional,
             dropout=cfg.dropout,
             recurrent_dropout=cfg.recurrent_dropout,
+            cell=cfg.cell,
+            gru_variant=cfg.gru_variant,
             name="encoder",
             dtype=self.dtype_policy,
         )
@@ -529,6 +613,8 @@ class Seq2Seq(keras.Model):
             dropout=cfg.dropout,
             recurrent_dropout=cfg.recurrent_dropout,
             tie_embeddings=cfg.tie_embeddings,
+            cell=cfg.cell,
+            gru_variant=cfg.gru_variant,
             name="decoder",
             dtype=self.dtype_policy,
         )
@@ -573,8 +659,9 @@ class Seq2Seq(keras.Model):
     def initial_state(self, encoded: dict[str, Tensor]) -> dict[str, Tensor]:
         """The decoder state for search: a flat dict, every leaf with batch leading.
 
-        Keys: `dec_h` `(batch, decoder_units)`, `context` `(batch, enc_dim)`, `readout_ctx`
-        `(batch, 2 * maxout_units)` (`O_c c`, precomputed). With attention also
+        Keys: `dec_state`, a tuple of the decoder cell's states, `(h,)` for a GRU and
+        `(h, c)` for an LSTM, each `(batch, decoder_units)`; `context` `(batch, enc_dim)`,
+        `readout_ctx` `(batch, 2 * maxout_units)` (`O_c c`, precomputed). With attention also
         `enc_states` `(batch, src_len, enc_dim)`, `attn_keys` `(batch, src_len, k)`,
         `src_mask` `(batch, src_len)` bool and `attn_weights` `(batch, src_len)` float32
         (the last step's attention; zeros before the first step). `decode_step` returns the
@@ -619,10 +706,11 @@ class Seq2Seq(keras.Model):
     def encoder_gate_activations(self, src_ids: Tensor) -> dict[str, Tensor]:
         """Update and reset gates of the first (forward) encoder GRU layer.
 
-        Runs the GRU recurrence from the layer's weights, in Keras' `reset_after=True`
-        form: `z = σ(x W_z + b_z + h U_z + b'_z)`, `r = σ(x W_r + b_r + h U_r + b'_r)`,
-        `h~ = tanh(x W_h + b_h + r ⊙ (h U_h + b'_h))`, `h = z ⊙ h_prev + (1 - z) ⊙ h~`.
-        Runs eagerly (a Python loop over positions); meant for notebooks.
+        Runs the GRU recurrence from the layer's weights: `z = σ(x W_z + h U_z + b_z)`,
+        `r = σ(x W_r + h U_r + b_r)`, `h = z ⊙ h_prev + (1 - z) ⊙ h~`, with
+        `h~ = tanh(x W_h + b_h + r ⊙ (h U_h + b'_h))` (`reset_after`, two biases per gate)
+        or `h~ = tanh(x W_h + (r ⊙ h) U_h + b_h)` (`reset_before`). Runs eagerly (a Python
+        loop over positions); meant for notebooks.
 
         Args:
             src_ids: `(batch, src_len)` int token ids.
@@ -630,21 +718,33 @@ class Seq2Seq(keras.Model):
         Returns:
             `z`, `r` and `states` `(batch, src_len, units)` (gates are 0 on padding, where
             the state is carried over), and `src_mask` `(batch, src_len)`.
+
+        Raises:
+            ValueError: the model is an LSTM (`model.cell: lstm`), which has other gates.
         """
+        if self.model_config.cell != "gru":
+            raise ValueError(
+                "encoder_gate_activations reads GRU update and reset gates, but this model "
+                f"has model.cell={self.model_config.cell!r}"
+            )
         rnn = self.encoder.rnns[0]
         cell = (rnn.forward_layer if self.encoder.bidirectional else rnn).cell
         inputs = ops.cast(self.encoder.embedding(src_ids), "float32")
         mask = source_mask(src_ids)
         bias = ops.convert_to_tensor(cell.bias)
-        x_proj = ops.matmul(inputs, cell.kernel) + bias[0]
+        # reset_after: input and recurrent biases (2, 3 units); reset_before: one (3 units,).
+        x_bias, h_bias = (bias[0], bias[1]) if cell.reset_after else (bias, 0.0)
+        x_proj = ops.matmul(inputs, cell.kernel) + x_bias
+        u_h = cell.recurrent_kernel[:, 2 * cell.units :]
         h = ops.zeros((ops.shape(inputs)[0], cell.units), dtype="float32")
         out: dict[str, list] = {"z": [], "r": [], "states": []}
         for t in range(ops.shape(inputs)[1]):
             x_z, x_r, x_h = ops.split(x_proj[:, t], 3, axis=-1)
-            h_z, h_r, h_h = ops.split(ops.matmul(h, cell.recurrent_kernel) + bias[1], 3, axis=-1)
+            h_z, h_r, h_h = ops.split(ops.matmul(h, cell.recurrent_kernel) + h_bias, 3, axis=-1)
             z, r = ops.sigmoid(x_z + h_z), ops.sigmoid(x_r + h_r)
+            h_h = r * h_h if cell.reset_after else ops.matmul(r * h, u_h)
             valid = ops.expand_dims(mask[:, t], -1)
-            h = ops.where(valid, z * h + (1.0 - z) * ops.tanh(x_h + r * h_h), h)
+            h = ops.where(valid, z * h + (1.0 - z) * ops.tanh(x_h + h_h), h)
             out["z"].append(ops.where(valid, z, 0.0))
             out["r"].append(ops.where(valid, r, 0.0))
             out["states"].append(h)

@@ -11,6 +11,9 @@ Search knows nothing of the model. It drives a *step function*
   beam search's early stop relies on (see `beam_search`).
 - `new_state`: the same structure and shapes as `state`.
 
+Several models decode as one through `ensemble`, which combines their step functions into
+one (their states a tuple), so nothing below knows how many models there are.
+
 Shapes are static, so `step_fn` runs on every row at every step, also for sentences
 that have finished (they are fed PAD or a dead beam's token); those outputs are ignored.
 
@@ -50,8 +53,9 @@ Design, shared by both searches:
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -80,6 +84,39 @@ def gnmt_length_penalty(length: Tensor, alpha: float) -> Tensor:
     """
     length = ops.cast(length, "float32")
     return ops.power((5.0 + length) / 6.0, alpha)
+
+
+def ensemble(step_fns: Sequence[StepFn]) -> StepFn:
+    """One step function for several models: the log of the mean of their probabilities.
+
+    `log p(y) = log((1/K) sum_k p_k(y))` (a mixture, as fairseq's and Sockeye's default
+    ensembles), rather than the mean of the log-probs (a product of experts): the result is
+    a normalized distribution, so ensemble scores stay log-probabilities on the scale of a
+    single model's (n-best scores and the length penalty keep their meaning), and one member
+    that is sure a token is wrong cannot veto it when the others like it.
+
+    Args:
+        step_fns: the members' step functions, each returning log-probs over the same
+            vocabulary.
+
+    Returns:
+        `step_fn(token_ids, states)`, where `states` is a tuple of the members' states, in
+        order (each member keeps its own encoder outputs and decoder state).
+    """
+    step_fns = tuple(step_fns)
+    if not step_fns:
+        raise ValueError("an ensemble needs at least one step function")
+
+    def step_fn(token_ids: Tensor, states: tuple) -> tuple[Tensor, tuple]:
+        outputs = [step(token_ids, state) for step, state in zip(step_fns, states, strict=True)]
+        if len(outputs) == 1:  # a single model: nothing to average, no rounding added
+            return outputs[0][0], (outputs[0][1],)
+        log_probs = ops.stack([ops.cast(lp, "float32") for lp, _ in outputs])
+        mean = ops.logsumexp(log_probs, axis=0) - math.log(len(outputs))
+        # Rounding can lift a near-certain token's log-prob a hair above 0; search needs <= 0.
+        return ops.minimum(mean, 0.0), tuple(state for _, state in outputs)
+
+    return step_fn
 
 
 def _batch_size(state: State) -> Any:

@@ -2,6 +2,14 @@
 
 The search runs under whichever Keras backend is active, compiled with that backend's own
 compiler (`compile_search`): TensorFlow is imported only when it is the backend.
+
+Ensembles: a Translator may hold several models (`from_run_dir(run, ensemble=[...])`). They
+run one search together through `search.ensemble`, which averages their probabilities; each
+model keeps its own encoder outputs and decoder state, so members may differ in anything
+(Cho or attention, GRU or LSTM, sizes) but their SentencePiece models. Those must be the
+same files, source and target: the target because the members' distributions are averaged
+id by id, the source because the source is encoded once (one sorted, padded batch and one
+compiled search for all members). Decoding settings and data come from the first run.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -47,48 +55,44 @@ class Translator:
     model: a decoder fed nothing but EOS would only make up a sentence.
     """
 
-    def __init__(self, cfg: Config, model: keras.Model, src_tok, tgt_tok):
+    def __init__(
+        self,
+        cfg: Config,
+        model: keras.Model,
+        src_tok,
+        tgt_tok,
+        ensemble: Sequence[keras.Model] = (),
+    ):
         self.cfg, self.model, self.src_tok, self.tgt_tok = cfg, model, src_tok, tgt_tok
+        # Every model that decodes: `model` first, then the other ensemble members.
+        self.models = (model, *ensemble)
         self._compiled: dict[tuple, SearchFn] = {}
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, weights: str = "best") -> Translator:
+    def from_run_dir(
+        cls, run_dir: str | Path, weights: str = "best", ensemble: Sequence[str | Path] = ()
+    ) -> Translator:
         """Loads config, SentencePiece models and weights of a run directory.
 
         Decoding defaults come from the run's `decoding.json` (`nmt tune-decoding`) where it
         exists, else from its config.
 
         Args:
-            weights: "best", "last" or "averaged" (see `rundir.trained_weights`).
+            run_dir: the run; with `ensemble`, its decoding settings are the ensemble's.
+            weights: "best", "last" or "averaged" (see `rundir.trained_weights`), for every
+                model.
+            ensemble: more runs whose models decode together with it (see the module doc).
 
         Raises:
-            RunDirError: the folder is missing or lacks a config, tokenizer or weights.
+            RunDirError: a folder is missing or lacks a config, tokenizer or weights, or an
+                ensemble member's SentencePiece models differ from `run_dir`'s.
         """
-        from nmt import rundir, tokenizer
-        from nmt.model import build_model
-
-        run = rundir.RunDir(run_dir)
-        if not run.path.is_dir():
-            raise RunDirError(f"run directory not found: {run}")
-        if not run.config.is_file():
-            raise RunDirError(f"{run} is not a run directory (no {rundir.CONFIG_FILE})")
-        cfg = config_lib.load(run.config)
-        tuned = rundir.read_decoding(run)
-        if tuned:
-            cfg = replace(cfg, decoding=replace(cfg.decoding, **tuned))
-            log.info(
-                "decoding defaults from %s: beam %d, length penalty %g",
-                run.decoding,
-                tuned["beam_size"],
-                tuned["length_penalty"],
-            )
-        src_tok, tgt_tok = tokenizer.load_tokenizers(run.tokenizer)
-        path = rundir.trained_weights(run, weights)
-        if weights == "best" and path != run.best_weights:
-            log.warning("%s has no best weights yet; using the last checkpoint", run)
-        model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
-        rundir.load_weights(model, path)
-        return cls(cfg, model, src_tok, tgt_tok)
+        first, *members = (_open_run(path) for path in (run_dir, *ensemble))
+        for member in members:  # before any weights are read: a mismatch fails fast
+            _check_same_tokenizers(first, member)
+        models = [_load_model(run, weights) for run in (first, *members)]
+        cfg = _with_tuned_decoding(first)
+        return cls(cfg, models[0], first.src_tok, first.tgt_tok, ensemble=models[1:])
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:
         """Best translation of each sentence (options as in `translate_n_best`)."""
@@ -198,21 +202,87 @@ class Translator:
         Returns:
             ids `(batch, n_best, T)` int32 without BOS/EOS, scores `(batch, n_best)`.
         """
-        state = self.model.initial_state(self.model.encode(src_ids))
-
-        def step(token_ids, state):
-            logits, state = self.model.decode_step(token_ids, state)
-            return keras.ops.log_softmax(logits, axis=-1), state
-
+        states = tuple(model.initial_state(model.encode(src_ids)) for model in self.models)
         return search.beam_search(
-            step,
-            state,
+            search.ensemble([_log_prob_step(model) for model in self.models]),
+            states,
             output_limits(src_len, opts),
             opts.beam_size,
             length_penalty=opts.length_penalty,
             n_best=opts.n_best,
             max_steps=max_steps,
         )
+
+
+def _log_prob_step(model: keras.Model) -> search.StepFn:
+    def step(token_ids, state):
+        logits, state = model.decode_step(token_ids, state)
+        return keras.ops.log_softmax(logits, axis=-1), state
+
+    return step
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """A run directory's config and SentencePiece models, before its weights are read."""
+
+    run: Any  # nmt.rundir.RunDir
+    cfg: Config
+    src_tok: Any  # nmt.tokenizer.Tokenizer
+    tgt_tok: Any
+
+
+def _open_run(run_dir: str | Path) -> _Run:
+    from nmt import rundir, tokenizer
+
+    run = rundir.RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunDirError(f"run directory not found: {run}")
+    if not run.config.is_file():
+        raise RunDirError(f"{run} is not a run directory (no {rundir.CONFIG_FILE})")
+    cfg = config_lib.load(run.config)
+    return _Run(run, cfg, *tokenizer.load_tokenizers(run.tokenizer))
+
+
+def _with_tuned_decoding(run: _Run) -> Config:
+    """The run's config with the decoding settings of its `decoding.json`, if any."""
+    from nmt import rundir
+
+    tuned = rundir.read_decoding(run.run)
+    if not tuned:
+        return run.cfg
+    log.info(
+        "decoding defaults from %s: beam %d, length penalty %g",
+        run.run.decoding,
+        tuned["beam_size"],
+        tuned["length_penalty"],
+    )
+    return replace(run.cfg, decoding=replace(run.cfg.decoding, **tuned))
+
+
+def _load_model(run: _Run, weights: str) -> keras.Model:
+    from nmt import rundir
+    from nmt.model import build_model
+
+    path = rundir.trained_weights(run.run, weights)
+    if weights == "best" and path != run.run.best_weights:
+        log.warning("%s has no best weights yet; using the last checkpoint", run.run)
+    model = build_model(run.cfg.model, run.src_tok.vocab_size, run.tgt_tok.vocab_size)
+    rundir.load_weights(model, path)
+    return model
+
+
+def _check_same_tokenizers(first: _Run, member: _Run) -> None:
+    """Ensemble members average distributions id by id and read one source encoding."""
+    for side, ours, theirs in [
+        ("target vocabulary", first.tgt_tok, member.tgt_tok),
+        ("source tokenizer", first.src_tok, member.src_tok),
+    ]:
+        if ours.model_proto != theirs.model_proto:
+            raise RunDirError(
+                f"cannot ensemble {member.run} with {first.run}: ensemble members must share "
+                f"the {side}, but {theirs.name} is not the SentencePiece model {ours.name}"
+            )
 
 
 def compile_search(
@@ -234,7 +304,7 @@ def compile_search(
     if backend == "tensorflow":
         return _tf_search(search)
     if backend == "jax":
-        return _jax_search(search, translator.model, bucket[0], opts.batch_size)
+        return _jax_search(search, translator.models, bucket[0], opts.batch_size)
     if backend == "torch":
         return _torch_search(search)
     if backend == "numpy":
@@ -254,10 +324,12 @@ def _tf_search(search: Callable) -> SearchFn:
     return run
 
 
-def _jax_search(search: Callable, model: keras.Model, width: int, batch_size: int) -> SearchFn:
+def _jax_search(
+    search: Callable, models: Sequence[keras.Model], width: int, batch_size: int
+) -> SearchFn:
     import jax
 
-    variables = list(model.variables)
+    variables = [v for model in models for v in model.variables]
 
     def stateless(values, src_ids, src_len):
         # Inside jit a Keras variable read would bake today's value in as a constant.

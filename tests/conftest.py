@@ -115,3 +115,23 @@ def tiny_run(tmp_path_factory, tiny_corpus) -> Path:
     )
     training.train(tiny_config(tiny_corpus, *settings), run_dir)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_lstm_run(tmp_path_factory, tiny_corpus) -> Path:
+    """A second trained run, as unlike `tiny_run` as an ensemble member may be: an LSTM Cho
+    model (no attention), another seed, briefly trained. Its SentencePiece model is
+    `tiny_run`'s (same data and tokenizer settings). A small `max_input_len` keeps its
+    exported graph to two source-width buckets."""
+    from nmt import training
+
+    run_dir = tmp_path_factory.mktemp("tiny_lstm_run")
+    settings = (
+        "model.cell=lstm",
+        "training.seed=7",
+        "training.max_steps=30",
+        "training.learning_rate=0.01",
+        "decoding.max_input_len=12",
+    )
+    training.train(tiny_config(tiny_corpus, *settings), run_dir)
+    return run_dir

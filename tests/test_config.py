@@ -218,3 +218,10 @@ def test_default_multi30k_dir(tmp_path, monkeypatch):
     assert config.default_multi30k_dir(tmp_path / "repo") == tmp_path / "shared/data/multi30k"
     monkeypatch.setenv(config.MULTI30K_ENV, str(tmp_path / "m"))
     assert config.default_multi30k_dir() == tmp_path / "m"
+
+
+def test_gru_variant_with_an_lstm_is_an_error():
+    with pytest.raises(ConfigError, match="^model.gru_variant='reset_before' applies to GRUs"):
+        config.load(None, ["model.cell=lstm", "model.gru_variant=reset_before"])
+    cfg = config.load(None, ["model.cell=lstm"])  # the default variant goes with any cell
+    assert (cfg.model.cell, cfg.model.gru_variant) == ("lstm", "reset_after")

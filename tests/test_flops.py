@@ -36,7 +36,7 @@ def test_hand_count_additive_attention():
         {
             "encoder": 216,
             "sentence": 124,
-            "decoder_gru": 2 * 252,
+            "decoder_rnn": 2 * 252,
             "attention": 2 * 57,
             "readout": 2 * 84,
             "output": 2 * 30,
@@ -50,6 +50,18 @@ def test_hand_count_without_attention():
     # per target token: (216 + 64) / 2 + 342 = 482 MACs -> 2892 FLOPs
     cho = dataclasses.replace(TINY, attention="none")
     assert flops.train_flops_per_target_token(cho, 10, 3, 2) == pytest.approx(2892)
+
+
+def test_hand_count_lstm():
+    # Four gates instead of three in every recurrent product, nothing else changes:
+    # encoder S * D * 4 * (E H + H H) = 3 * 2 * 4 * 12 = 288; once 124 (as for the GRU);
+    # per target position: LSTM 4 ((E + C) H' + H' H') = 4 * 84 = 336, attention 57,
+    # readout 84, output 30 -> 507. Per target token: (288 + 124) / 2 + 507 = 713 MACs.
+    lstm = dataclasses.replace(TINY, cell="lstm")
+    assert flops.train_flops_per_target_token(lstm, 10, 3, 2) == pytest.approx(6 * 713)
+    # The paper's GRU form costs what the cuDNN form costs: U (r * h) vs r * (U h).
+    paper = dataclasses.replace(TINY, gru_variant="reset_before")
+    assert flops.train_flops_per_target_token(paper, 10, 3, 2) == pytest.approx(3558)
 
 
 @pytest.mark.parametrize("kind", ["additive", "dot", "general"])
@@ -72,15 +84,20 @@ def test_deeper_encoder_and_tied_output():
 
 
 @pytest.mark.parametrize(
-    ("kind", "extra"),
-    [("none", lambda c, h: 0), ("additive", lambda c, h: c), ("general", lambda c, h: h + c)],
+    ("kind", "extra", "cell"),
+    [
+        ("none", lambda c, h: 0, "gru"),
+        ("additive", lambda c, h: c, "gru"),
+        ("general", lambda c, h: h + c, "gru"),
+        ("additive", lambda c, h: c, "lstm"),
+    ],
 )
-def test_one_token_sentences_cost_the_model_kernels(kind, extra):
+def test_one_token_sentences_cost_the_model_kernels(kind, extra, cell):
     """With S = T = 1 every weight matrix is used once per sentence, so the forward MACs
     are the model's kernel sizes, plus the weight-free score and context products."""
     from nmt.model import build_model
 
-    cfg = dataclasses.replace(TINY, attention=kind)
+    cfg = dataclasses.replace(TINY, attention=kind, cell=cell)
     model = build_model(cfg, 7, 10)
     kernels = sum(math.prod(v.shape) for v in model.weights if v.path.endswith("kernel"))
     macs = sum(flops.forward_macs(cfg, 10, 1, 1).values())

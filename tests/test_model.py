@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import keras
 import numpy as np
@@ -12,6 +13,8 @@ from nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
 from nmt.model import Seq2Seq, build_model
 
 ATTENTIONS = ["none", "additive", "dot", "general"]
+# (model.cell, model.gru_variant) besides the default GRU.
+OTHER_CELLS = [("lstm", "reset_after"), ("gru", "reset_before")]
 SRC_VOCAB, TGT_VOCAB = 13, 11
 
 # Tiny sizes keep the suite fast; encoder 8 (x2 directions) != decoder 24 exercises the
@@ -74,21 +77,26 @@ def greedy(model: Seq2Seq, src: np.ndarray, max_len: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "attention,bidirectional,layers,tie",
+    "attention,bidirectional,layers,tie,cell",
     [
-        ("none", True, 1, False),
-        ("none", False, 2, True),
-        ("additive", True, 2, False),
-        ("additive", False, 1, True),
-        ("dot", True, 1, True),
-        ("dot", False, 2, False),
-        ("general", True, 2, True),
-        ("general", False, 1, False),
+        ("none", True, 1, False, "gru"),
+        ("none", False, 2, True, "gru"),
+        ("additive", True, 2, False, "gru"),
+        ("additive", False, 1, True, "gru"),
+        ("dot", True, 1, True, "gru"),
+        ("dot", False, 2, False, "gru"),
+        ("general", True, 2, True, "gru"),
+        ("general", False, 1, False, "gru"),
+        ("additive", False, 2, True, "lstm"),
     ],
 )
-def test_shapes_and_dtypes(attention, bidirectional, layers, tie):
+def test_shapes_and_dtypes(attention, bidirectional, layers, tie, cell):
     cfg = tiny(
-        attention=attention, bidirectional=bidirectional, encoder_layers=layers, tie_embeddings=tie
+        attention=attention,
+        bidirectional=bidirectional,
+        encoder_layers=layers,
+        tie_embeddings=tie,
+        cell=cell,
     )
     model = make(cfg)
     logits = model((SRC, TGT_IN))
@@ -100,17 +108,19 @@ def test_shapes_and_dtypes(attention, bidirectional, layers, tie):
     assert tuple(encoded["context"].shape) == (3, enc_dim)
     assert tuple(encoded["src_mask"].shape) == (3, 5)
     state = model.initial_state(encoded)
-    expected = {"dec_h", "context", "readout_ctx"}
+    expected = {"dec_state", "context", "readout_ctx"}
     if attention != "none":
         expected |= {"enc_states", "attn_keys", "src_mask", "attn_weights"}
     assert set(state) == expected
-    assert all(v.shape[0] == 3 for v in state.values())
-    assert tuple(state["dec_h"].shape) == (3, 24)
+    assert all(v.shape[0] == 3 for v in keras.tree.flatten(state))
+    # (h,) for a GRU, (h, c) for an LSTM: a tuple either way, so search sees one structure.
+    assert isinstance(state["dec_state"], tuple)
+    assert [tuple(v.shape) for v in state["dec_state"]] == [(3, 24)] * (1 + (cell == "lstm"))
     step, new_state = model.decode_step(TGT_IN[:, 0], state)
     assert tuple(step.shape) == (3, TGT_VOCAB) and step.dtype == "float32"
-    for key, value in state.items():
-        assert tuple(new_state[key].shape) == tuple(value.shape), key
-        assert new_state[key].dtype == value.dtype, key
+    keras.tree.assert_same_structure(new_state, state)
+    for old, new in zip(keras.tree.flatten(state), keras.tree.flatten(new_state), strict=True):
+        assert tuple(new.shape) == tuple(old.shape) and new.dtype == old.dtype
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
@@ -135,11 +145,22 @@ def test_all_padding_source_gives_finite_logits():
     assert np.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("attention", ATTENTIONS)
-@pytest.mark.parametrize("bidirectional,tie", [(True, False), (False, True)])
-def test_decode_step_matches_teacher_forcing(attention, bidirectional, tie):
+@pytest.mark.parametrize(
+    "attention,bidirectional,tie,cell,variant",
+    [
+        *((a, bi, tie, "gru", "reset_after") for a in ATTENTIONS for bi, tie in [(1, 0), (0, 1)]),
+        ("additive", 1, 0, *OTHER_CELLS[0]),
+        ("none", 0, 1, *OTHER_CELLS[1]),
+    ],
+)
+def test_decode_step_matches_teacher_forcing(attention, bidirectional, tie, cell, variant):
     cfg = tiny(
-        attention=attention, bidirectional=bidirectional, encoder_layers=2, tie_embeddings=tie
+        attention=attention,
+        bidirectional=bool(bidirectional),
+        encoder_layers=2,
+        tie_embeddings=bool(tie),
+        cell=cell,
+        gru_variant=variant,
     )
     model = make(cfg)
     teacher = np_(model((SRC, TGT_IN)))
@@ -165,14 +186,20 @@ def test_attention_weights_without_attention_is_a_clear_error():
         make(tiny(attention="none")).attention_weights(SRC, TGT_IN)
 
 
-def test_unknown_attention_is_rejected():
-    with pytest.raises(ValueError, match="unknown attention"):
-        build_model(tiny(attention="bogus"), SRC_VOCAB, TGT_VOCAB)
+@pytest.mark.parametrize(
+    "field,value", [("attention", "bogus"), ("cell", "rnn"), ("gru_variant", "reset_never")]
+)
+def test_unknown_choices_are_rejected(field, value):
+    with pytest.raises(ValueError, match=f"unknown {field} '{value}'"):
+        build_model(tiny(**{field: value}), SRC_VOCAB, TGT_VOCAB)
 
 
-@pytest.mark.parametrize("attention,tie", [("none", False), ("general", True), ("additive", False)])
-def test_save_and_reload_gives_identical_outputs(tmp_path, attention, tie):
-    cfg = tiny(attention=attention, encoder_layers=2, tie_embeddings=tie)
+@pytest.mark.parametrize(
+    "attention,tie,cell",
+    [("none", False, "gru"), ("general", True, "gru"), ("additive", False, "lstm")],
+)
+def test_save_and_reload_gives_identical_outputs(tmp_path, attention, tie, cell):
+    cfg = tiny(attention=attention, encoder_layers=2, tie_embeddings=tie, cell=cell)
     model = make(cfg)
     path = tmp_path / "model.keras"
     model.save(path)
@@ -185,43 +212,139 @@ def test_save_and_reload_gives_identical_outputs(tmp_path, attention, tie):
     )
 
 
-def test_every_gru_is_cudnn_eligible():
-    model = make(tiny(attention="dot", encoder_layers=2))
-    grus = [g for rnn in model.encoder.rnns for g in (rnn.forward_layer, rnn.backward_layer)]
-    grus.append(model.decoder.gru)
-    for gru in grus:
-        cell = gru.cell
-        assert cell.activation is keras.activations.tanh
-        assert cell.recurrent_activation is keras.activations.sigmoid
-        assert cell.reset_after and cell.use_bias and not gru.unroll
-        assert cell.recurrent_dropout == 0 and gru.use_cudnn == "auto"
+@pytest.mark.parametrize(
+    "cell,layer_type", [("gru", keras.layers.GRU), ("lstm", keras.layers.LSTM)]
+)
+def test_every_recurrent_layer_is_cudnn_eligible(cell, layer_type):
+    model = make(tiny(attention="dot", encoder_layers=2, cell=cell))
+    rnns = [g for rnn in model.encoder.rnns for g in (rnn.forward_layer, rnn.backward_layer)]
+    rnns.append(model.decoder.rnn)
+    for rnn in rnns:
+        assert isinstance(rnn, layer_type)
+        assert rnn.cell.activation is keras.activations.tanh
+        assert rnn.cell.recurrent_activation is keras.activations.sigmoid
+        assert rnn.cell.use_bias and not rnn.unroll
+        assert getattr(rnn.cell, "reset_after", True)  # GRUs only; LSTMs have no such flag
+        assert rnn.cell.recurrent_dropout == 0 and rnn.use_cudnn == "auto"
 
 
-def test_recurrent_dropout_warns_about_the_fused_kernel():
-    with pytest.warns(UserWarning, match="disables the fused"):
-        model = make(tiny(recurrent_dropout=0.2))
-    assert model.decoder.gru.cell.recurrent_dropout == 0.2
+def test_gru_variant_reset_before_is_the_papers_gru():
+    model = make(tiny(gru_variant="reset_before", encoder_layers=2))
+    rnns = [g for rnn in model.encoder.rnns for g in (rnn.forward_layer, rnn.backward_layer)]
+    assert not any(rnn.cell.reset_after for rnn in [*rnns, model.decoder.rnn])
 
 
-@pytest.mark.parametrize("bidirectional", [True, False])
-def test_encoder_gates_reproduce_gru_states(bidirectional):
-    model = make(tiny(bidirectional=bidirectional))
+@pytest.mark.parametrize(
+    "overrides,setting",
+    [
+        ({"recurrent_dropout": 0.2}, "model.recurrent_dropout=0.2"),
+        ({"gru_variant": "reset_before"}, "model.gru_variant='reset_before'"),
+    ],
+)
+def test_settings_without_a_fused_kernel_warn(overrides, setting):
+    with pytest.warns(UserWarning, match=f"{re.escape(setting)} disables the fused"):
+        model = make(tiny(**overrides))
+    assert model.decoder.rnn.cell.recurrent_dropout == overrides.get("recurrent_dropout", 0)
+
+
+def recurrent_weights(cell: str, variant: str, inputs: int, units: int) -> int:
+    """Weights of one recurrent layer (one direction): kernels and biases of every gate."""
+    gates = 4 if cell == "lstm" else 3
+    extra_bias = gates * units if (cell, variant) == ("gru", "reset_after") else 0
+    return gates * (inputs * units + units * units + units) + extra_bias
+
+
+def count_recurrent(model: Seq2Seq) -> int:
+    return sum(layer.count_params() for layer in [*model.encoder.rnns, model.decoder.rnn])
+
+
+def test_parameter_counts_follow_the_formula():
+    e, h, d = TINY.embedding_dim, TINY.encoder_units, TINY.decoder_units
+    layers = [(e, h), (2 * h, h)] * 2 + [(e + 2 * h, d)]  # 2 layers x 2 directions, decoder
+    recurrent, others = {}, set()
+    for cell, variant in [("gru", "reset_after"), *OTHER_CELLS]:
+        model = make(tiny(attention="additive", encoder_layers=2, cell=cell, gru_variant=variant))
+        recurrent[cell, variant] = count_recurrent(model)
+        expected = sum(recurrent_weights(cell, variant, i, units) for i, units in layers)
+        assert recurrent[cell, variant] == expected, (cell, variant)
+        others.add(model.count_params() - expected)
+    assert len(others) == 1  # everything outside the recurrent layers is the same
+    # An LSTM has 4/3 of the recurrent weights of the paper's GRU (one bias per gate).
+    assert 3 * recurrent["lstm", "reset_after"] == 4 * recurrent["gru", "reset_before"]
+
+
+# The weights file of a default (GRU) model, as runs trained before model.cell existed wrote
+# it (Keras addresses weights by attribute path): it must keep loading.
+CHO_WEIGHTS_LAYOUT = {
+    "decoder/embedding/vars/0": (11, 16),
+    "decoder/gru/cell/vars/0": (32, 72),
+    "decoder/gru/cell/vars/1": (24, 72),
+    "decoder/gru/cell/vars/2": (2, 72),
+    "decoder/init_proj/vars/0": (16, 24),
+    "decoder/init_proj/vars/1": (24,),
+    "decoder/output_proj/vars/0": (8, 11),
+    "decoder/output_proj/vars/1": (11,),
+    "decoder/readout_c/vars/0": (16, 16),
+    "decoder/readout_h/vars/0": (24, 16),
+    "decoder/readout_h/vars/1": (16,),
+    "decoder/readout_y/vars/0": (16, 16),
+    "encoder/context_proj/vars/0": (16, 16),
+    "encoder/context_proj/vars/1": (16,),
+    "encoder/embedding/vars/0": (13, 16),
+    **{
+        f"encoder/rnns/bidirectional/{direction}_layer/cell/vars/{i}": shape
+        for direction in ("forward", "backward")
+        for i, shape in enumerate([(16, 24), (8, 24), (2, 24)])
+    },
+}
+
+
+def test_default_model_keeps_the_weights_file_layout(tmp_path):
+    import h5py
+
+    path = tmp_path / "cho.weights.h5"
+    make(tiny(attention="none", dropout=0.0)).save_weights(path)
+    found = {}
+
+    def add(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj.shape
+
+    with h5py.File(path, "r") as f:
+        f.visititems(add)
+    assert found == CHO_WEIGHTS_LAYOUT
+
+
+@pytest.mark.parametrize(
+    "bidirectional,variant", [(True, "reset_after"), (False, "reset_after"), (True, "reset_before")]
+)
+def test_encoder_gates_reproduce_gru_states(bidirectional, variant):
+    model = make(tiny(bidirectional=bidirectional, gru_variant=variant))
     gates = model.encoder_gate_activations(SRC)
     z, r = np_(gates["z"]), np_(gates["r"])
     assert z.shape == r.shape == (3, 5, 8)
     rnn = model.encoder.rnns[0]
     cell = (rnn.forward_layer if bidirectional else rnn).cell
     kernel, recurrent, bias = (np_(w) for w in (cell.kernel, cell.recurrent_kernel, cell.bias))
-    x = np_(model.encoder.embedding(SRC)) @ kernel[:, 16:] + bias[0, 16:]
+    # The candidate state's part of each weight: the last third.
+    x = np_(model.encoder.embedding(SRC)) @ kernel[:, 16:] + bias[..., 16:].reshape(-1, 8)[0]
     expected = np_(model.encode(SRC)["enc_states"])[..., :8]
     h = np.zeros((3, 8), "float32")
     for t in range(5):
-        candidate = np.tanh(x[:, t] + r[:, t] * (h @ recurrent[:, 16:] + bias[1, 16:]))
+        if variant == "reset_after":
+            candidate = np.tanh(x[:, t] + r[:, t] * (h @ recurrent[:, 16:] + bias[1, 16:]))
+        else:  # the paper's form
+            candidate = np.tanh(x[:, t] + (r[:, t] * h) @ recurrent[:, 16:])
         h_new = z[:, t] * h + (1 - z[:, t]) * candidate
         h = np.where((t < SRC_LEN)[:, None], h_new, h)
         valid = t < SRC_LEN
         np.testing.assert_allclose(h[valid], expected[valid, t], atol=1e-5)
     np.testing.assert_allclose(np_(gates["states"])[:, -1], h, atol=1e-6)
+
+
+def test_encoder_gates_of_an_lstm_is_a_clear_error():
+    with pytest.raises(ValueError, match="model.cell='lstm'"):
+        make(tiny(cell="lstm")).encoder_gate_activations(SRC)
 
 
 @pytest.fixture
@@ -237,13 +360,16 @@ def bfloat16_policy():
 def test_mixed_bfloat16_keeps_logits_float32(bfloat16_policy, tie):
     cfg = tiny(attention="additive", tie_embeddings=tie)
     model = make(cfg)
-    assert model.decoder.gru.compute_dtype == "bfloat16"
+    assert model.decoder.rnn.compute_dtype == "bfloat16"
     logits = model((SRC, TGT_IN))
     assert logits.dtype == "float32" and np.isfinite(np_(logits)).all()
     state = model.initial_state(model.encode(SRC))
     step, new_state = model.decode_step(TGT_IN[:, 0], state)
     assert step.dtype == "float32"
-    assert all(new_state[k].dtype == v.dtype for k, v in state.items())
+    assert all(
+        new.dtype == old.dtype
+        for old, new in zip(keras.tree.flatten(state), keras.tree.flatten(new_state), strict=True)
+    )
     assert model.attention_weights(SRC, TGT_IN).dtype == "float32"
 
 
@@ -265,7 +391,7 @@ def reversal_data(n: int, seed: int = 0, max_len: int = 6):
     return src, tgt_in, tgt_out
 
 
-def compiled(attention: str, lr: float) -> Seq2Seq:
+def compiled(attention: str, lr: float, **overrides) -> Seq2Seq:
     cfg = ModelConfig(
         embedding_dim=16,
         encoder_units=32,
@@ -274,6 +400,7 @@ def compiled(attention: str, lr: float) -> Seq2Seq:
         attention=attention,
         attention_units=32,
         dropout=0.0,
+        **overrides,
     )
     keras.utils.set_random_seed(0)
     model = build_model(cfg, REVERSAL_VOCAB, REVERSAL_VOCAB)
@@ -312,3 +439,12 @@ def test_cho_model_without_attention_reduces_loss():
     losses = history.history["loss"]
     # Uniform guessing costs ln(12) ~ 2.5 nats per token.
     assert losses[-1] < 0.6 and losses[-1] < 0.5 * losses[0], losses
+
+
+def test_papers_gru_trains():
+    """The default GRU trains in the tests above, the LSTM in the `tiny_lstm_run` fixture."""
+    src, tgt_in, tgt_out = reversal_data(256)
+    model = compiled("additive", 1e-2, gru_variant="reset_before")
+    history = model.fit((src, tgt_in), tgt_out, batch_size=32, epochs=3, verbose=0)
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0], losses

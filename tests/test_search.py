@@ -400,24 +400,54 @@ def returned_hypotheses(ids: np.ndarray, limits: list[int]) -> list[list[int]]:
     return hyps
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_scores_equal_teacher_forced_log_prob_under_the_length_penalty(seed):
-    step, alpha, limits = tiny_rnn(seed), 0.8, [2, 4, 6, 6]
+def rnn_case(seed: int):
+    """`tiny_rnn`'s step function and an initial state of 4 sentences."""
     h0 = np.random.default_rng(seed).normal(size=(4, 8)).astype(np.float32)
+    return tiny_rnn(seed), {"h": h0}
+
+
+def model_case(cell: str, gru_variant: str, attention: str):
+    """A tiny untrained `Seq2Seq`'s step function and decoder state for 4 sentences."""
+    from .test_model import make, tiny
+
+    model = make(tiny(cell=cell, gru_variant=gru_variant, attention=attention))
+    src = np.array([[5, 6, 7, 8], [4, 10, 0, 0], [12, 0, 0, 0], [7, 7, 9, 0]], np.int32)
+
+    def step(token_ids, state):
+        logits, state = model.decode_step(token_ids, state)
+        return ops.log_softmax(logits, axis=-1), state
+
+    return step, model.initial_state(model.encode(src))
+
+
+SCORED_STEPS = {
+    **{f"rnn{seed}": (rnn_case, seed) for seed in range(3)},
+    # Every recurrent cell: its state (a tuple, (h, c) for an LSTM) is tiled and gathered.
+    "gru": (model_case, "gru", "reset_after", "none"),
+    "gru_reset_before": (model_case, "gru", "reset_before", "additive"),
+    "lstm": (model_case, "lstm", "reset_after", "additive"),
+}
+
+
+@pytest.mark.parametrize("case", SCORED_STEPS)
+def test_scores_equal_teacher_forced_log_prob_under_the_length_penalty(case):
+    make_case, *args = SCORED_STEPS[case]
+    (step, state), alpha, limits = make_case(*args), 0.8, [2, 4, 6, 6]
     max_len = ops.convert_to_tensor(limits)
 
-    ids, scores = beam_search(step, {"h": h0}, max_len, 4, alpha, n_best=4)
+    ids, scores = beam_search(step, state, max_len, 4, alpha, n_best=4)
     hyps = returned_hypotheses(np_(ids), limits)
     ended = [h[-1] == EOS_ID for h in hyps]
     assert any(ended) and not all(ended)  # both EOS-ended and cut hypotheses are checked
-    logp = teacher_forced_logp(step, {"h": np.repeat(h0, 4, axis=0)}, hyps)
+    tiled = keras.tree.map_structure(lambda x: ops.repeat(x, 4, axis=0), state)
+    logp = teacher_forced_logp(step, tiled, hyps)
     expected = logp / lp(np.array([len(h) for h in hyps]), alpha)
     np.testing.assert_allclose(np_(scores).reshape(-1), expected, rtol=1e-5)
 
     # Greedy follows the same rule, without the length penalty.
-    ids, scores = greedy_search(step, {"h": h0}, max_len)
+    ids, scores = greedy_search(step, state, max_len)
     hyps = returned_hypotheses(np_(ids), limits)
-    expected = teacher_forced_logp(step, {"h": h0}, hyps)
+    expected = teacher_forced_logp(step, state, hyps)
     np.testing.assert_allclose(np_(scores), expected, rtol=1e-5)
 
 
@@ -673,3 +703,34 @@ def test_same_results_inside_jax_jit():
     run, eager, args = compiled_cases()
     for got, want in zip(jax.jit(run)(*args), eager, strict=True):
         np.testing.assert_allclose(np_(got), np_(want), rtol=1e-6)
+
+
+def test_ensemble_step_is_the_log_of_the_mean_probability():
+    tables = random_tables(3, sentences=2, steps=1)[:, 0]  # two Markov chains
+    steps = [markov_step(table) for table in tables]
+    combined = search.ensemble(steps)
+    tokens = ops.convert_to_tensor([BOS_ID, A], "int32")
+    states = (markov_state([0, 0]), markov_state([0, 0]))
+    log_probs, new_states = combined(tokens, states)
+    expected = np.log(np.exp(tables[:, [BOS_ID, A]]).mean(axis=0))
+    np.testing.assert_allclose(np_(log_probs), expected, rtol=1e-5)
+    # Every member's state advanced by its own step function, in member order.
+    assert isinstance(new_states, tuple) and len(new_states) == 2
+    assert all((np_(s["t"]) == 1).all() for s in new_states)
+    # One member is passed through as it is.
+    alone, _ = search.ensemble(steps[:1])(tokens, states[:1])
+    np.testing.assert_array_equal(np_(alone), np_(steps[0](tokens, states[0])[0]))
+
+
+def test_ensemble_of_a_model_with_itself_searches_as_the_model():
+    step, state = markov_step(GREEDY_TRAP), markov_state([0])
+    twice = search.ensemble([step, step])
+    ids, scores = beam_search(step, state, 5, 2, n_best=2)
+    ids2, scores2 = beam_search(twice, (state, state), 5, 2, n_best=2)
+    np.testing.assert_array_equal(np_(ids2), np_(ids))
+    np.testing.assert_allclose(np_(scores2), np_(scores), rtol=1e-6)
+
+
+def test_ensemble_argument_errors():
+    with pytest.raises(ValueError, match="at least one"):
+        search.ensemble([])

@@ -2,13 +2,18 @@
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 
-from nmt import cli
-from nmt.translator import Translator
+from nmt import cli, rundir, tokenizer
+from nmt.config import BOS_ID, EOS_ID, PAD_ID
+from nmt.translator import Translator, output_limits, pad_batch
 
 from .conftest import REPO
 
@@ -154,8 +159,6 @@ def test_cli_translate_errors(tmp_path, tiny_run, capsys):
 
 
 def test_cli_run_dir_without_weights(tmp_path, tiny_run, capsys):
-    import shutil
-
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.weights.h5"))
     assert cli.main(["translate", str(run), "x"]) == 2
@@ -208,3 +211,125 @@ def test_cli_evaluate_errors(tiny_run, tiny_corpus, tmp_path, capsys):
         == 2
     )
     assert "has 40 lines but" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+ENSEMBLE_SENTENCES = ["a man runs on the street", "the small cat sits", "red", "a big dog"]
+
+
+@pytest.fixture(scope="module")
+def ensemble(tiny_run, tiny_lstm_run):
+    """The attention GRU run and the Cho LSTM run decoding together."""
+    return Translator.from_run_dir(tiny_run, ensemble=[tiny_lstm_run])
+
+
+def test_ensemble_of_a_run_with_itself_translates_as_the_run_alone(tiny_run, translator):
+    twice = Translator.from_run_dir(tiny_run, ensemble=[tiny_run])
+    assert len(twice.models) == 2
+    alone = translator.translate_n_best(ENSEMBLE_SENTENCES, beam_size=3, n_best=2)
+    doubled = twice.translate_n_best(ENSEMBLE_SENTENCES, beam_size=3, n_best=2)
+    assert [[t for t, _ in h] for h in doubled] == [[t for t, _ in h] for h in alone]
+    np.testing.assert_allclose(
+        [[s for _, s in h] for h in doubled], [[s for _, s in h] for h in alone], rtol=1e-5
+    )
+
+
+def scored_steps(ids: np.ndarray, limits: np.ndarray) -> list[list[int]]:
+    """Each hypothesis as the tokens search scored: EOS appended unless it was cut at its
+    limit (the search's length-limit rule)."""
+    hyps = []
+    for row, limit in zip(ids, limits, strict=True):
+        for hyp in row:
+            tokens = [int(t) for t in hyp if t != PAD_ID]
+            hyps.append(tokens + [EOS_ID] * int(len(tokens) < limit))
+    return hyps
+
+
+def teacher_forced_log_probs(model, src: np.ndarray, hyps: list[list[int]]) -> np.ndarray:
+    """`(len(hyps), longest)` log p(token | source, earlier tokens), 0 after each end."""
+    tgt_in = pad_batch([[BOS_ID, *h[:-1]] for h in hyps])
+    logits = keras.ops.log_softmax(model((src, tgt_in)), axis=-1)
+    log_probs = np.take_along_axis(
+        keras.ops.convert_to_numpy(logits), pad_batch(hyps)[..., None], axis=-1
+    )[..., 0]
+    return np.where(pad_batch(hyps) != PAD_ID, log_probs, 0.0)
+
+
+def test_ensemble_scores_are_the_log_mean_probability_of_its_members(ensemble):
+    assert [m.model_config.cell for m in ensemble.models] == ["gru", "lstm"]
+    batch = [ensemble._encode_source(s, i) for i, s in enumerate(ENSEMBLE_SENTENCES)]
+    src, src_len = pad_batch(batch), np.array([len(ids) for ids in batch], np.int32)
+    opts = ensemble.decoding_options(beam_size=3, n_best=3, length_penalty=0.0)
+    limits = keras.ops.convert_to_numpy(output_limits(src_len, opts))
+    ids, scores = ensemble.search(src, src_len, opts, max_steps=int(limits.max()))
+    hyps = scored_steps(keras.ops.convert_to_numpy(ids), limits)
+    rows = np.repeat(src, 3, axis=0)  # one source row per hypothesis
+    per_model = np.stack([teacher_forced_log_probs(m, rows, hyps) for m in ensemble.models])
+    # log((p_gru + p_lstm) / 2) at every step, summed over the steps each hypothesis took.
+    expected = (np.logaddexp(per_model[0], per_model[1]) - np.log(2)).sum(axis=1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(scores).reshape(-1), expected, rtol=1e-4)
+    # The members disagree, so this is not one model's score in disguise.
+    assert not np.allclose(per_model[0].sum(axis=1), per_model[1].sum(axis=1), rtol=1e-2)
+
+
+def test_cli_translate_and_evaluate_with_an_ensemble(
+    ensemble, tiny_run, tiny_lstm_run, tiny_corpus, tmp_path, capsys
+):
+    # Greedy throughout: one search compiled per Translator.
+    argv = ["translate", str(tiny_run), "a red cat", "--ensemble", str(tiny_lstm_run)]
+    assert cli.main([*argv, "--beam-size", "1"]) == 0
+    translated = capsys.readouterr().out
+    for lang in ("en", "de"):  # a few lines: what matters is where they go
+        lines = (tiny_corpus / f"val.{lang}").read_text().splitlines()[:6]
+        (tmp_path / f"few.{lang}").write_text("\n".join(lines) + "\n")
+    argv = ["evaluate", str(tiny_run), "--src", str(tmp_path / "few.en")]
+    argv += ["--ref", str(tmp_path / "few.de"), "--output-dir", str(tmp_path / "eval")]
+    assert cli.main([*argv, "--beam-size", "1", "--ensemble", str(tiny_lstm_run)]) == 0
+    assert "beam 1, ensemble of 2" in capsys.readouterr().out
+    report = json.loads((tmp_path / "eval" / "few.en.ensemble.json").read_text())
+    assert report["ensemble"] == [str(tiny_run), str(tiny_lstm_run)]
+    hyps = (tmp_path / "eval" / "few.en.ensemble.hyp").read_text().splitlines()
+    expected = ensemble.translate(["a red cat", *lines_of(tmp_path / "few.en")], beam_size=1)
+    assert [translated, *hyps] == [expected[0] + "\n", *expected[1:]]
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def _member_with_tokenizers(run: Path, folder: Path, protos: dict[str, bytes]) -> Path:
+    """A copy of `run`'s config with other SentencePiece models (no weights: the check
+    comes before any weights are read)."""
+    (folder / rundir.TOKENIZER_DIR).mkdir(parents=True)
+    shutil.copy(run / rundir.CONFIG_FILE, folder)
+    for name, proto in protos.items():
+        (folder / rundir.TOKENIZER_DIR / name).write_bytes(proto)
+    return folder
+
+
+def test_ensemble_members_must_share_sentencepiece_models(tiny_run, tiny_corpus, tmp_path, capsys):
+    from nmt.config import TokenizerConfig
+
+    other = tmp_path / "other_spm"
+    lines = (tiny_corpus / "train.en").read_text().splitlines()
+    tokenizer.train_tokenizers(lines, lines, TokenizerConfig(vocab_size=30), other)
+    ours = (tiny_run / rundir.TOKENIZER_DIR / tokenizer.JOINT_MODEL).read_bytes()
+    theirs = (other / tokenizer.JOINT_MODEL).read_bytes()
+    cases = {
+        "target vocabulary": {tokenizer.JOINT_MODEL: theirs},
+        # Same target model, another source model: each member would read other source ids.
+        "source tokenizer": {tokenizer.SRC_MODEL: theirs, tokenizer.TGT_MODEL: ours},
+    }
+    for side, protos in cases.items():
+        member = _member_with_tokenizers(tiny_run, tmp_path / side.split()[0], protos)
+        for command in (["translate", str(tiny_run), "x"], ["evaluate", str(tiny_run)]):
+            assert cli.main([*command, "--ensemble", str(member)]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"nmt: error: cannot ensemble {member} with {tiny_run}: ")
+            assert f"must share the {side}" in err and err.count("\n") == 1
+
+
+def test_missing_ensemble_member_is_an_error(tiny_run, tmp_path, capsys):
+    assert cli.main(["translate", str(tiny_run), "x", "--ensemble", str(tmp_path / "no")]) == 2
+    assert f"nmt: error: run directory not found: {tmp_path / 'no'}" in capsys.readouterr().err
