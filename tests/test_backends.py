@@ -218,8 +218,10 @@ def test_default_backend_without_tensorflow_is_one_line(tmp_path, tiny_run):
     (tmp_path / "sitecustomize.py").write_text(BLOCK_TENSORFLOW)
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env["PYTHONPATH"] = str(tmp_path)
+    # From stdin: a sentence argument would start on Keras' numpy backend instead.
     done = subprocess.run(
-        [sys.executable, "-m", "nmt.cli", "translate", str(tiny_run), "a dog"],
+        [sys.executable, "-m", "nmt.cli", "translate", str(tiny_run)],
+        input="a dog\n",
         cwd=REPO,
         env=env,
         capture_output=True,
