@@ -160,6 +160,9 @@ def _entry_point(env, *args, stdin=None):
     return done.stdout.splitlines()
 
 
+# Slow (~80 s): its parts run in the default suite (the CLI under JAX without TensorFlow,
+# training under JAX, JAX-saved weights decoding alike everywhere); this is the whole path.
+@pytest.mark.slow
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="exports in this process: needs TensorFlow"
 )

@@ -63,7 +63,9 @@ def translator(tiny_run):
 def loaded_once(translator):
     """`cli.main` gets the already loaded run for every `from_run_dir` in this module."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Translator, "from_run_dir", classmethod(lambda cls, path, *args, **kwargs: translator))
+        patch.setattr(
+            Translator, "from_run_dir", classmethod(lambda cls, path, *args, **kwargs: translator)
+        )
         yield translator
 
 
