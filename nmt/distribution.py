@@ -30,6 +30,8 @@ from nmt.losses import MaskedCrossEntropy, smoothed_nll, token_mask
 
 log = logging.getLogger("nmt")
 
+# Set (above 1) by whoever launches JAX training over several processes; Keras reads it.
+PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 _BACKEND_OF = {"mirrored": "tensorflow", "multi_worker": "tensorflow", "data_parallel": "jax"}
 
 
@@ -144,9 +146,6 @@ def _start_jax(data_parallel: bool) -> Cluster:
     return Cluster(None, jax.device_count(), jax.process_count(), jax.process_index())
 
 
-PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
-
-
 @functools.cache
 def _initialize_jax_processes() -> None:
     keras.distribution.initialize()  # reads the KERAS_DISTRIBUTION_* variables
@@ -185,7 +184,7 @@ def _multi_worker():
     if not os.environ.get("TF_CONFIG"):
         raise ConfigError(
             "training.distribution=multi_worker needs TF_CONFIG (the cluster's workers and "
-            "this worker's index); see README, 'Training on several machines'"
+            "this worker's index); see README, 'Training on several GPUs or machines'"
         )
     _patch_keras_for_multi_worker()
     return tf.distribute.MultiWorkerMirroredStrategy()

@@ -104,17 +104,14 @@ def tiny_run(tmp_path_factory, tiny_corpus) -> Path:
     Trained until different inputs get different translations, so that tests of ordering
     and n-best lists can tell outputs apart. It keeps its last 3 checkpoints (of 4) for
     the checkpoint-averaging tests."""
-    from nmt import training
-
-    run_dir = tmp_path_factory.mktemp("tiny_run")
-    settings = (
+    return _train_tiny(
+        tmp_path_factory.mktemp("tiny_run"),
+        tiny_corpus,
         "model.attention=additive",
         "training.learning_rate=0.01",
         "training.epochs=4",
         "training.keep_checkpoints=3",
     )
-    training.train(tiny_config(tiny_corpus, *settings), run_dir)
-    return run_dir
 
 
 @pytest.fixture(scope="session")
@@ -123,15 +120,20 @@ def tiny_lstm_run(tmp_path_factory, tiny_corpus) -> Path:
     model (no attention), another seed, briefly trained. Its SentencePiece model is
     `tiny_run`'s (same data and tokenizer settings). A small `max_input_len` keeps its
     exported graph to two source-width buckets."""
-    from nmt import training
-
-    run_dir = tmp_path_factory.mktemp("tiny_lstm_run")
-    settings = (
+    return _train_tiny(
+        tmp_path_factory.mktemp("tiny_lstm_run"),
+        tiny_corpus,
         "model.cell=lstm",
         "training.seed=7",
         "training.max_steps=30",
         "training.learning_rate=0.01",
         "decoding.max_input_len=12",
     )
-    training.train(tiny_config(tiny_corpus, *settings), run_dir)
+
+
+def _train_tiny(run_dir: Path, corpus: Path, *settings: str) -> Path:
+    """`run_dir` trained on the tiny corpus with `tiny_config` plus `settings`."""
+    from nmt import training
+
+    training.train(tiny_config(corpus, *settings), run_dir)
     return run_dir

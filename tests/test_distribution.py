@@ -181,26 +181,25 @@ def test_distribution_is_a_config_choice():
         config.load(None, ["training.distribution=parameter_server"])
 
 
-def test_multi_worker_without_tf_config_is_one_line(tmp_path, tiny_corpus, capsys, monkeypatch):
+def _refused_train(tmp_path, tiny_corpus, capsys, distribution: str) -> str:
+    """The one line `nmt train` prints when it refuses `distribution`, having written nothing."""
     from nmt import cli
 
-    monkeypatch.delenv("TF_CONFIG", raising=False)
     path = tmp_path / "cfg.yaml"
-    path.write_text(tiny_config(tiny_corpus, "training.distribution=multi_worker").to_yaml())
+    path.write_text(tiny_config(tiny_corpus, f"training.distribution={distribution}").to_yaml())
     assert cli.main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    return err
+
+
+def test_multi_worker_without_tf_config_is_one_line(tmp_path, tiny_corpus, capsys, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    err = _refused_train(tmp_path, tiny_corpus, capsys, "multi_worker")
     assert err.startswith("nmt: error: training.distribution=multi_worker needs TF_CONFIG")
-    assert not (tmp_path / "run").exists()
 
 
 def test_a_distribution_of_another_backend_is_one_line(tmp_path, tiny_corpus, capsys):
-    from nmt import cli
-
-    path = tmp_path / "cfg.yaml"
-    path.write_text(tiny_config(tiny_corpus, "training.distribution=data_parallel").to_yaml())
-    assert cli.main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0, err
+    err = _refused_train(tmp_path, tiny_corpus, capsys, "data_parallel")
     assert err.startswith("nmt: error: training.distribution=data_parallel needs the jax backend")
-    assert not (tmp_path / "run").exists()  # refused before anything is written
