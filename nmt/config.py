@@ -133,6 +133,9 @@ class TrainingConfig:
     # Sentences of the validation split decoded (greedy) for validation BLEU; 0 = all.
     bleu_max_sentences: int = 500
     steps_per_execution: int = 1
+    # XLA for the training step: "auto" is Keras' choice (on for JAX and for TensorFlow with a
+    # GPU, off for TensorFlow on a CPU); "always" / "never" force it (never under JAX: eager).
+    xla: Literal["auto", "always", "never"] = "auto"
     # Several devices or machines, the batch above being the global batch: "mirrored"
     # (tf.distribute.MirroredStrategy over this machine's GPUs) or "multi_worker"
     # (MultiWorkerMirroredStrategy over the machines TF_CONFIG names), TensorFlow backend;

@@ -175,6 +175,7 @@ def compile_model(model: keras.Model, cfg: TrainingConfig) -> None:
         loss=distribution.GlobalTokenCrossEntropy(cfg.label_smoothing),
         metrics=[TokenNLL()],
         steps_per_execution=cfg.steps_per_execution,
+        jit_compile={"auto": "auto", "always": True, "never": False}[cfg.xla],
     )
 
 

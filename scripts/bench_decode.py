@@ -1,7 +1,8 @@
 """Benchmark: greedy and beam-search decoding speed and quality on Multi30k test_2016_flickr.
 
     .venv/bin/python scripts/bench_decode.py RUN_DIR [--beams 1 5] [--repeats 3]
-        [--test test_2016_flickr] [--multi30k-dir DIR] [--set decoding.key=value ...]
+        [--test test_2016_flickr] [--weights best|last|averaged] [--multi30k-dir DIR]
+        [--set decoding.key=value ...]
         [--out runs/bench/decode.json]
 
 Loads the run with `Translator.from_run_dir` and translates the 1000 test sentences string to
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_args(parser)
     parser.add_argument("--test", default="test_2016_flickr", help="file stem of the test set")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--weights", default="best", help="best, last or averaged (nmt translate)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per beam size")
     parser.add_argument("--out", default="runs/bench/decode.json")
     args = parser.parse_args(argv)
@@ -56,7 +58,7 @@ def load_translator(args: argparse.Namespace):
     from nmt import rundir
     from nmt.translator import Translator
 
-    translator = Translator.from_run_dir(args.run_dir)
+    translator = Translator.from_run_dir(args.run_dir, weights=args.weights)
     config_path = Path(args.run_dir) / rundir.CONFIG_FILE
     translator.cfg = config_lib.load(config_path, args.overrides)
     return translator
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     translator = load_translator(args)
     sources, refs = load_test_set(args, translator.cfg.data)
     result = {"benchmark": "decode", "machine": machine(), "run_dir": args.run_dir}
+    result["weights"] = args.weights
     result.update(test=args.test, overrides=args.overrides, repeats=args.repeats)
     rows = [bench_beam(translator, sources, refs, beam, args.repeats) for beam in args.beams]
     result.update(decoding=rows, load_average_end=[round(x, 2) for x in os.getloadavg()])

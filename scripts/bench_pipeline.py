@@ -100,6 +100,24 @@ def rss_mb() -> float:
     return 0.0
 
 
+# The /proc/cpuinfo flags that decide a CPU's matrix-multiply rate; our machines differ in them.
+MATMUL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu() -> dict:
+    """The CPU model and its matmul-relevant flags (Linux; empty elsewhere)."""
+    info = Path("/proc/cpuinfo")
+    fields: dict[str, str] = {}
+    for line in info.read_text().splitlines() if info.is_file() else []:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu_model": fields.get("model name", ""),
+        "cpu_flags": [flag for flag in MATMUL_FLAGS if flag in flags],
+    }
+
+
 def machine() -> dict:
     """Where and when the numbers were taken; the load average hints at noise."""
     versions = {}
@@ -111,6 +129,7 @@ def machine() -> dict:
         "host": platform.node(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        **cpu(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "versions": versions,

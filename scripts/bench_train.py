@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench_train.py
         --configs configs/multi30k_en_de.yaml configs/multi30k_en_de_attention.yaml
         --precisions float32 mixed_bfloat16 [--warmup 30] [--steps 300] [--group 10]
-        [--batch-sizes 64 128 256] [--peak-tflops float32=67 mixed_bfloat16=989]
+        [--batch-sizes 64 128 256] [--backends tensorflow jax torch]
+        [--peak-tflops float32=67 mixed_bfloat16=989]
         [--multi30k-dir DIR] [--set section.key=value ...] [--prep-dir DIR] [--synthetic]
         [--joeynmt] [--out runs/bench/train.json]
 
@@ -97,6 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["configs/multi30k_en_de.yaml", "configs/multi30k_en_de_attention.yaml"],
     )
     parser.add_argument("--precisions", nargs="+", default=["float32"])
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["tensorflow", "jax", "torch"],
+        help="KERAS_BACKEND of each run, side by side (default: this process's backend)",
+    )
     add_common_args(parser)
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=300, help="timed steps")
@@ -470,10 +477,12 @@ def measure(config_path: str, precision: str, batch: int | None, args: argparse.
 
 
 def run_child(
-    config_path: str, precision: str, batch: int | None, args: argparse.Namespace
+    config_path: str, precision: str, batch: int | None, backend: str, args: argparse.Namespace
 ) -> dict:
-    """Runs `measure` in a fresh Python process; a failure becomes an `error` row."""
-    print(f"== {config_path}, {precision}" + (f", batch {batch}" if batch else ""), flush=True)
+    """Runs `measure` in a fresh Python process under `backend`; a failure becomes an `error`
+    row."""
+    batch_text = f", batch {batch}" if batch else ""
+    print(f"== {config_path}, {precision}, {backend}{batch_text}", flush=True)
     with tempfile.TemporaryDirectory(prefix="nmt-bench-") as tmp:
         out = Path(tmp) / "result.json"
         command = [sys.executable, __file__, "--child", "--out", str(out)]
@@ -484,23 +493,26 @@ def run_child(
         command += ["--prep-dir", args.prep_dir] if args.prep_dir else []
         command += ["--synthetic"] * args.synthetic
         command += [f"--set={text}" for text in args.overrides]
-        status = subprocess.run(command, check=False).returncode
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        status = subprocess.run(command, env=env, check=False).returncode
         if status != 0 or not out.is_file():
-            row = {"config": config_path, "precision": precision, "error": f"exit {status}"}
+            row = {"config": config_path, "precision": precision, "backend": backend}
+            row["error"] = f"exit {status}"
             return {**row, "batch_size": batch} if batch else row
         return add_mfu(json.loads(out.read_text()), args.peaks)
 
 
 def best_batches(rows: list[dict]) -> list[dict]:
-    """Per config and precision, the row with the most target tokens/s."""
-    best: dict[tuple[str, str], dict] = {}
+    """Per config, precision and backend, the row with the most target tokens/s."""
+    best: dict[tuple[str, str, str], dict] = {}
     for r in rows:
-        key = (r["config"], r["precision"])
+        key = (r["config"], r["precision"], r.get("backend"))
         if "error" not in r and (
             key not in best or r["target_tokens_per_s"] > best[key]["target_tokens_per_s"]
         ):
             best[key] = r
-    fields = ("config", "precision", "batch_size", "target_tokens_per_s", "device_peak_mb", "mfu")
+    fields = ("config", "precision", "backend", "batch_size", "target_tokens_per_s")
+    fields += ("device_peak_mb", "mfu")
     return [{k: r.get(k) for k in fields} for r in best.values()]
 
 
@@ -529,10 +541,11 @@ def run_joeynmt(args: argparse.Namespace, rows: list[dict]) -> dict:
 
 def print_table(rows: list[dict], peer: dict | None) -> None:
     base = next((r for r in rows if "error" not in r), None)
-    print(f"\n{'config':<32}{'precision':<16}{'batch':>6}{'tgt tok/s':>10}{'sent/s':>8}", end="")
+    print(f"\n{'config':<32}{'precision':<16}{'backend':<11}{'batch':>6}", end="")
+    print(f"{'tgt tok/s':>10}{'sent/s':>8}", end="")
     print(f"{'x first':>8}{'RSS MiB':>9}{'dev MiB':>9}{'MFLOP/tok':>10}{'TFLOP/s':>9}{'MFU':>7}")
     for r in rows:
-        print(f"{Path(r['config']).stem:<32}{r['precision']:<16}", end="")
+        print(f"{Path(r['config']).stem:<32}{r['precision']:<16}{r.get('backend', ''):<11}", end="")
         print(f"{r.get('batch_size') or '':>6}", end="")
         if "error" in r:
             print(f"  failed: {r['error']}")
@@ -570,13 +583,14 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("nmt").setLevel(logging.INFO)
         write_json(measure(args.configs[0], args.precisions[0], batches[0], args), args.out)
         return
-    combinations = list(itertools.product(args.configs, args.precisions, batches))
-    for config_path, precision, batch in combinations:
+    backends = args.backends or [os.environ.get("KERAS_BACKEND", "tensorflow")]
+    combinations = list(itertools.product(args.configs, args.precisions, batches, backends))
+    for config_path, precision, batch, _ in combinations:
         load_config(config_path, precision, args, batch)  # a bad config fails here, not later
     result = {"benchmark": "train", "machine": machine(), "overrides": args.overrides}
     result.update(warmup=args.warmup, steps=args.steps, group=args.group)
     result.update(batch_sizes=args.batch_sizes, peak_tflops=args.peaks)
-    rows = [run_child(c, p, b, args) for c, p, b in combinations]
+    rows = [run_child(*combination, args) for combination in combinations]
     result["runs"] = rows
     if args.batch_sizes:
         result["best_batch"] = best_batches(rows)

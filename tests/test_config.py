@@ -80,6 +80,8 @@ def test_bad_values():
         config.load(None, ["model.dropout=1.5"])
     with pytest.raises(ConfigError, match="vocab_size must be positive"):
         config.load(None, ["tokenizer.vocab_size=0"])
+    with pytest.raises(ConfigError, match="training.xla.*'auto', 'always', 'never'"):
+        config.load(None, ["training.xla=true"])  # YAML's true: a bool, not a choice
 
 
 def test_malformed_override_and_missing_file(tmp_path):

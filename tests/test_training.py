@@ -453,3 +453,11 @@ def test_fp16_overflow_is_skipped_by_loss_scaling_not_reported_as_divergence(
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert state["step"] == 27 and 0 < applied < 27  # overflowing steps skipped, not fatal
+
+
+@pytest.mark.parametrize("xla, jit_compile", [("always", True), ("never", False)])
+def test_xla_setting_reaches_keras(tiny_corpus, xla, jit_compile):
+    cfg = tiny_config(tiny_corpus, f"training.xla={xla}")
+    model = build_model(cfg.model, 48, 48)
+    training.compile_model(model, cfg.training)
+    assert model.jit_compile is jit_compile
