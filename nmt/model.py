@@ -31,7 +31,9 @@ after the recurrent product, `h~ = tanh(W x + b + r * (U h + b'))`, the cuDNN fo
 `reset_before` is the paper's `h~ = tanh(W x + U (r * h) + b)` (Keras `reset_after=False`).
 
 Every recurrent layer is cuDNN-eligible except a `reset_before` GRU: tanh/sigmoid,
-`unroll=False`, bias on, right-padded masks and (by default) no recurrent dropout.
+`unroll=False`, bias on, right-padded masks and (by default) no recurrent dropout. Where the
+fused kernel is not used (CPUs, `reset_before`), `GRU` and `LSTM` below run Keras' loop
+with the input product of all positions taken out of it (`_InputsProjectedOnce`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import Any
 
 import keras
 from keras import ops
+from keras.src import backend as keras_backend  # its `rnn`, the loop Keras' own RNNs run
 
 from nmt.config import PAD_ID, ModelConfig
 
@@ -124,8 +127,83 @@ def _rnn(
         **kwargs,
     )
     if cell == "lstm":
-        return keras.layers.LSTM(units, **settings)
-    return keras.layers.GRU(units, reset_after=gru_variant == "reset_after", **settings)
+        return LSTM(units, **settings)
+    return GRU(units, reset_after=gru_variant == "reset_after", **settings)
+
+
+class _InputsProjectedOnce(keras.layers.RNN):
+    """The loop `GRU` and `LSTM` below run where the fused cuDNN kernel is not used (CPUs,
+    `reset_before`): Keras' loop with the input product taken out of it.
+
+    Keras' own loop multiplies each position's input by the kernel inside the recurrence: one
+    small product per step (64 x 768 @ 768 x 1536 for the attention config's decoder). Here
+    the inputs of all positions are multiplied at once, a large product that runs at about
+    twice the FLOP rate on our CPUs (scripts/bench_matmul.py), and only the recurrent product
+    stays in the loop. The arithmetic is that of Keras' cells (implementation 2), so weights
+    are the same variables as before. This class sits between keras.layers.GRU (LSTM) and
+    keras.layers.RNN in the method resolution order, so the `super().inner_loop(...)` that
+    those classes fall back to when cuDNN is unavailable lands here.
+    """
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        cell = self.cell
+        if cell.dropout or (training and cell.recurrent_dropout):
+            return super().inner_loop(sequences, initial_state, mask, training)  # per-step masks
+        projected = ops.matmul(sequences, cell.kernel) + self._input_bias()
+        states = (
+            list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        )
+        return keras_backend.rnn(
+            self._recurrence,
+            projected,
+            states,
+            go_backwards=self.go_backwards,
+            mask=mask,
+            unroll=self.unroll,
+            input_length=sequences.shape[1],
+            zero_output_for_mask=self.zero_output_for_mask,
+            return_all_outputs=self.return_sequences,
+        )
+
+
+@keras.saving.register_keras_serializable(package="nmt")
+class GRU(keras.layers.GRU, _InputsProjectedOnce):
+    """keras.layers.GRU, its input product out of the loop (`_InputsProjectedOnce`)."""
+
+    def _input_bias(self) -> Tensor:
+        return self.cell.bias[0] if self.cell.reset_after else self.cell.bias
+
+    def _recurrence(self, x: Tensor, states: list) -> tuple[Tensor, list]:
+        cell, (h,) = self.cell, states
+        x_z, x_r, x_h = ops.split(x, 3, axis=-1)
+        if cell.reset_after:
+            inner = ops.matmul(h, cell.recurrent_kernel) + cell.bias[1]
+            h_z, h_r, h_h = ops.split(inner, 3, axis=-1)
+        else:
+            h_z, h_r = ops.split(ops.matmul(h, cell.recurrent_kernel[:, : 2 * cell.units]), 2, -1)
+        z = cell.recurrent_activation(x_z + h_z)
+        r = cell.recurrent_activation(x_r + h_r)
+        if cell.reset_after:
+            h_h = r * h_h
+        else:
+            h_h = ops.matmul(r * h, cell.recurrent_kernel[:, 2 * cell.units :])
+        h = z * h + (1 - z) * cell.activation(x_h + h_h)
+        return h, [h]
+
+
+@keras.saving.register_keras_serializable(package="nmt")
+class LSTM(keras.layers.LSTM, _InputsProjectedOnce):
+    """keras.layers.LSTM, its input product out of the loop (`_InputsProjectedOnce`)."""
+
+    def _input_bias(self) -> Tensor:
+        return self.cell.bias
+
+    def _recurrence(self, x: Tensor, states: list) -> tuple[Tensor, list]:
+        cell, (h, c) = self.cell, states
+        z = ops.split(x + ops.matmul(h, cell.recurrent_kernel), 4, axis=-1)
+        c, o = cell._compute_carry_and_output_fused(z, c)
+        h = o * cell.activation(c)
+        return h, [h, c]
 
 
 @keras.saving.register_keras_serializable(package="nmt")

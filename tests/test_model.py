@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from nmt import model as model_lib
 from nmt.config import BOS_ID, EOS_ID, PAD_ID, ModelConfig
 from nmt.model import Seq2Seq, build_model
 
@@ -448,3 +449,35 @@ def test_papers_gru_trains():
     history = model.fit((src, tgt_in), tgt_out, batch_size=32, epochs=3, verbose=0)
     losses = history.history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, settings",
+    [
+        (model_lib.GRU, keras.layers.GRU, {"reset_after": True}),
+        (model_lib.GRU, keras.layers.GRU, {"reset_after": False}),
+        (model_lib.LSTM, keras.layers.LSTM, {}),
+    ],
+)
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_rnn_with_inputs_projected_once_matches_keras(
+    monkeypatch, ours, theirs, settings, go_backwards
+):
+    steps = []
+    recurrence = ours._recurrence
+    monkeypatch.setattr(ours, "_recurrence", lambda *a: (steps.append(1), recurrence(*a))[1])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 6, 5)).astype("float32")
+    mask = np.arange(6)[None, :] < np.array([[6], [4], [1]])
+    kwargs = dict(return_sequences=True, return_state=True, zero_output_for_mask=True, **settings)
+    a, b = (
+        ours(4, go_backwards=go_backwards, **kwargs),
+        theirs(4, go_backwards=go_backwards, **kwargs),
+    )
+    a.build(x.shape)
+    b.build(x.shape)
+    b.set_weights([w + rng.normal(scale=0.3, size=w.shape) for w in a.get_weights()])
+    a.set_weights(b.get_weights())
+    for p, q in zip(a(x, mask=mask), b(x, mask=mask), strict=True):
+        np.testing.assert_allclose(np_(p), np_(q), atol=1e-5)
+    assert steps, "the projected loop did not run"
