@@ -11,9 +11,10 @@ keeps the parts it does not redo). Ours: `--config`, by default
 configs/multi30k_en_de_attention.yaml, whose sizes are the peer's (../shared/peers/joeynmt).
 
 1. peaks (~1 min): `scripts/bench_matmul.py`, float32 and bfloat16 GFLOP/s of this CPU.
-2. train (~15 min): `scripts/bench_train.py` with float32 and mixed_bfloat16, 30 warm-up and
-   200 timed steps, `--peak-tflops` from phase 1 (model FLOP utilisation) and `--joeynmt`
-   (the peer's run.sh, 300 updates): target tokens/s side by side.
+2. train (~15 min): `scripts/bench_train.py` with float32 and mixed_bfloat16 under TensorFlow
+   and JAX, 30 warm-up and 200 timed steps, `--peak-tflops` from phase 1 (model FLOP
+   utilisation) and `--joeynmt` (the peer's run.sh, 300 updates): target tokens/s side by
+   side.
 3. quality (2 x `--minutes`): ours, then JoeyNMT, each from process start for `--minutes` of
    wall clock. Ours: `nmt train` with greedy validation BLEU on the whole validation split
    after every epoch, no epoch limit (SentencePiece prepared beforehand, as run.sh prepares
@@ -36,6 +37,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -92,6 +94,7 @@ def phase_train(args: argparse.Namespace, peaks: dict) -> dict:
     script(
         "bench_train.py",
         *("--configs", args.config, "--precisions", "float32", "mixed_bfloat16"),
+        *("--backends", "tensorflow", "jax"),
         *("--warmup", "30", "--steps", "200", "--multi30k-dir", args.multi30k_dir),
         *("--peak-tflops", *tflops, "--joeynmt", "--out", str(out)),
     )
@@ -230,6 +233,9 @@ def load(path: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Started in the background (`nohup ... &`), we and our children would ignore SIGINT, so
+    # the trainings could not be stopped at their deadline: take it back for them.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.chdir(REPO)
     args.bench_dir.mkdir(parents=True, exist_ok=True)
     result = load(args.out)
@@ -263,8 +269,9 @@ def print_summary(result: dict) -> None:
         print("| --- | --- | --- | --- | --- |")
         for r in result["train"]["runs"]:
             if "error" not in r:
+                rate = f"{r['target_tokens_per_s']:,.0f}"
                 print(
-                    f"| nmt | {r['precision']} | {r['target_tokens_per_s']:,.0f} | "
+                    f"| nmt ({r['backend']}) | {r['precision']} | {rate} | "
                     f"{1000 * r['model_tflops']:,.1f} | {100 * r.get('mfu', 0):.1f}% |"
                 )
         joey = result["train"].get("joeynmt", {})
