@@ -594,7 +594,9 @@ KERAS_ONLY_MODULES = ["search.py", "model.py"]
 def non_keras_imports(source: str, package: str = "nmt") -> list[str]:
     """Every module `source` imports that is neither the standard library, public
     `keras` (not `keras.src`, whose backend packages are backend-specific) nor
-    `nmt.config`; also any `__import__` / `importlib` call, which would hide an import."""
+    `nmt.config`; also any `__import__` / `importlib` call, which would hide an import.
+    `keras.src.backend` itself is allowed: it dispatches to the active backend, and its
+    `rnn` (the loop Keras' own RNN layers run) has no public name."""
     bad = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -613,7 +615,7 @@ def non_keras_imports(source: str, package: str = "nmt") -> list[str]:
             if name == "__import__" or top == "importlib":
                 bad.append(name)
             elif top == "keras":
-                if name.startswith("keras.src"):
+                if name.startswith("keras.src") and name != "keras.src.backend":
                     bad.append(name)
             elif top == "nmt":
                 if not (name == "nmt.config" or name.startswith("nmt.config.")):
@@ -626,12 +628,15 @@ def non_keras_imports(source: str, package: str = "nmt") -> list[str]:
 def test_non_keras_imports_catches_backend_imports():
     assert non_keras_imports("import keras\nfrom keras import ops\nfrom typing import Any") == []
     assert non_keras_imports("from nmt.config import PAD_ID\nfrom .config import EOS_ID") == []
+    assert non_keras_imports("from keras.src import backend") == []
     for source in [
         "import tensorflow as tf",
         "import numpy",
         "from jax import numpy as jnp",
         "import torch.nn",
         "from keras.src.backend.tensorflow import core",
+        "from keras.src.backend import jax",
+        "from keras.src import ops",
         "from nmt import pipeline",
         "from . import pipeline",
         "if TYPE_CHECKING:\n    import tensorflow",
