@@ -47,6 +47,7 @@ from keras import ops
 from keras.src import backend as keras_backend  # its `rnn`, the loop Keras' own RNNs run
 
 from nmt.config import PAD_ID, ModelConfig
+from nmt.search import SOURCE
 
 ATTENTION_TYPES = ("none", "additive", "dot", "general")
 # State tensors each recurrent cell carries, hidden state h first: GRU (h,), LSTM (h, c).
@@ -533,16 +534,11 @@ class Decoder(keras.layers.Layer):
         # An LSTM's memory cell starts empty: the LSTM then shares every non-recurrent weight
         # (V' included) with the GRU model, and reads c at every step to fill its cell.
         dec_state = (h0,) + (ops.zeros_like(h0),) * (CELL_STATES[self.cell] - 1)
-        state = {
-            "dec_state": dec_state,
-            "context": context,
-            "readout_ctx": self.readout_c(context),
-        }
+        source = {"context": context, "readout_ctx": self.readout_c(context)}
+        state = {"dec_state": dec_state, SOURCE: source}
         if self.attention is not None:
             values, mask = encoded["enc_states"], encoded["src_mask"]
-            state["enc_states"] = values
-            state["attn_keys"] = self.attention.keys(values)
-            state["src_mask"] = mask
+            source.update(enc_states=values, attn_keys=self.attention.keys(values), src_mask=mask)
             state["attn_weights"] = ops.zeros_like(mask, dtype="float32")
         return state
 
@@ -561,8 +557,9 @@ class Decoder(keras.layers.Layer):
             float32 `(batch, tgt_len, src_len)`.
         """
         emb = self.dropout(self.embedding(tgt_in_ids), training=training)
+        source = state[SOURCE]
         # c is constant over time: broadcast it so one fused GRU call covers all steps.
-        context_seq = ops.zeros_like(emb[..., :1]) + ops.expand_dims(state["context"], 1)
+        context_seq = ops.zeros_like(emb[..., :1]) + ops.expand_dims(source["context"], 1)
         # No target mask: positions after the end only produce ignored (finite) logits,
         # and a maskless call always qualifies for the fused kernel.
         hidden = self.rnn(
@@ -574,16 +571,17 @@ class Decoder(keras.layers.Layer):
         attn_context = None
         if self.attention is not None:
             attn_context, outputs["attention"] = self.attention(
-                hidden, state["attn_keys"], state["enc_states"], state["src_mask"]
+                hidden, source["attn_keys"], source["enc_states"], source["src_mask"]
             )
-        readout_ctx = ops.expand_dims(state["readout_ctx"], 1)
+        readout_ctx = ops.expand_dims(source["readout_ctx"], 1)
         outputs["logits"] = self._logits(hidden, emb, readout_ctx, attn_context, training)
         return outputs
 
     def step(self, token_ids: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """One decoding step; see `Seq2Seq.decode_step`."""
         emb = self.embedding(token_ids)
-        rnn_input = ops.concatenate([emb, state["context"]], axis=-1)
+        source = state[SOURCE]
+        rnn_input = ops.concatenate([emb, source["context"]], axis=-1)
         hidden, dec_state = self.rnn.cell(rnn_input, list(state["dec_state"]), training=False)
         # A tuple, as in `initial_state`: search loops need the same structure every step.
         new_state = dict(state, dec_state=tuple(dec_state))
@@ -591,13 +589,13 @@ class Decoder(keras.layers.Layer):
         if self.attention is not None:
             attn_context, weights = self.attention(
                 ops.expand_dims(hidden, 1),
-                state["attn_keys"],
-                state["enc_states"],
-                state["src_mask"],
+                source["attn_keys"],
+                source["enc_states"],
+                source["src_mask"],
             )
             attn_context = ops.squeeze(attn_context, 1)
             new_state["attn_weights"] = ops.squeeze(weights, 1)
-        logits = self._logits(hidden, emb, state["readout_ctx"], attn_context, False)
+        logits = self._logits(hidden, emb, source["readout_ctx"], attn_context, False)
         return logits, new_state
 
     def _logits(
@@ -735,15 +733,17 @@ class Seq2Seq(keras.Model):
         return self.encoder(src_ids, training=training)
 
     def initial_state(self, encoded: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The decoder state for search: a flat dict, every leaf with batch leading.
+        """The decoder state for search: a dict, every leaf with batch leading.
 
         Keys: `dec_state`, a tuple of the decoder cell's states, `(h,)` for a GRU and
-        `(h, c)` for an LSTM, each `(batch, decoder_units)`; `context` `(batch, enc_dim)`,
-        `readout_ctx` `(batch, 2 * maxout_units)` (`O_c c`, precomputed). With attention also
-        `enc_states` `(batch, src_len, enc_dim)`, `attn_keys` `(batch, src_len, k)`,
-        `src_mask` `(batch, src_len)` bool and `attn_weights` `(batch, src_len)` float32
-        (the last step's attention; zeros before the first step). `decode_step` returns the
-        same keys, shapes and dtypes, so search can tile/gather every leaf alike.
+        `(h, c)` for an LSTM, each `(batch, decoder_units)`; with attention `attn_weights`
+        `(batch, src_len)` float32 (the last step's attention; zeros before the first step);
+        and `source` (`nmt.search.SOURCE`: constant per sentence, so beam search never
+        reorders it), a dict of `context` `(batch, enc_dim)`, `readout_ctx`
+        `(batch, 2 * maxout_units)` (`O_c c`, precomputed) and, with attention,
+        `enc_states` `(batch, src_len, enc_dim)`, `attn_keys` `(batch, src_len, k)` and
+        `src_mask` `(batch, src_len)` bool. `decode_step` returns the same keys, shapes and
+        dtypes, `source` unchanged.
         """
         return self.decoder.initial_state(encoded)
 

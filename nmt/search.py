@@ -9,7 +9,8 @@ Search knows nothing of the model. It drives a *step function*
 - `log_probs`: (n, vocab) float scores of the next token, normally log-softmaxed. Search
   only adds them up and compares them; the one assumption is that they are <= 0, which
   beam search's early stop relies on (see `beam_search`).
-- `new_state`: the same structure and shapes as `state`.
+- `new_state`: the same structure and shapes as `state`. Entries under a dict key
+  `SOURCE` must come back unchanged; beam search then skips reordering them (see `SOURCE`).
 
 Several models decode as one through `ensemble`, which combines their step functions into
 one (their states a tuple), so nothing below knows how many models there are.
@@ -69,6 +70,13 @@ Tensor = Any
 StepFn = Callable[[Tensor, State], tuple[Tensor, State]]
 
 NEG_INF = float("-inf")
+
+# A dict entry under this key, at any depth of the state, holds per-sentence constants that
+# the step function reads and returns unchanged (a model's encoder outputs, attention keys,
+# source mask). Beam search tiles it once and never gathers it by parent beam: a beam's
+# parent is always a beam of the same sentence, so the gather would copy it unchanged, at
+# every step (for an attention model, most of the state's bytes).
+SOURCE = "source"
 
 
 def gnmt_length_penalty(length: Tensor, alpha: float) -> Tensor:
@@ -269,7 +277,8 @@ def beam_search(
 
     Every state leaf is tiled to batch * beam_size rows, beam-major within a sentence
     (row b * beam_size + k is beam k of sentence b), and gathered by parent beam at every
-    step, so `step_fn` sees batch * beam_size rows.
+    step (except `SOURCE` entries, constant per sentence), so `step_fn` sees
+    batch * beam_size rows.
 
     Search keeps two sets per sentence (tensor2tensor style): `beam_size` *alive*
     hypotheses, which never contain EOS, and `beam_size` *finished* ones. Each step
@@ -406,13 +415,21 @@ def _beam_step(
     alive_seq, alive_logp, parent, token = _update_alive(
         beam, seq, ops.where(finishing, NEG_INF, logp), parent, token
     )
-    rows = beam.row_base + ops.reshape(parent, (-1,))
-    state = keras.tree.map_structure(lambda x: ops.take(x, rows, axis=0), state)
+    state = _gather_beams(state, beam.row_base + ops.reshape(parent, (-1,)))
     done = ops.logical_or(done, _cannot_improve(beam, t, alive_logp, fin_scores))
     # A done sentence's alive beams die, so its finished set stays as it is.
     alive_logp = ops.where(done[:, None], NEG_INF, alive_logp)
     tokens = ops.reshape(token, (-1,))
     return t + 1, tokens, state, alive_seq, alive_logp, fin_seq, fin_scores, done
+
+
+def _gather_beams(state: State, rows: Tensor) -> State:
+    """Every leaf of `state` reordered to `rows` (each row's parent), except `SOURCE` ones."""
+    leaves = [
+        leaf if SOURCE in path else ops.take(leaf, rows, axis=0)
+        for path, leaf in keras.tree.flatten_with_path(state)
+    ]
+    return keras.tree.pack_sequence_as(state, leaves)
 
 
 def _top_extensions(beam: _Beam, alive_logp: Tensor, log_probs: Tensor) -> tuple[Any, ...]:

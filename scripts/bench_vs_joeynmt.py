@@ -23,9 +23,10 @@ configs/multi30k_en_de_attention.yaml, whose sizes are the peer's (../shared/pee
    include start-up and validation.
    Reported: each validation's (minutes, updates, BLEU), the curves' BLEU at every 5 minutes
    (the last validation before the mark), ours / JoeyNMT at 20 minutes, a PNG plot.
-4. decode (~10 min): JoeyNMT's checkpoint after `--decode-updates` updates (phase 3 keeps it)
-   against ours trained exactly as many updates (`nmt train --set
-   training.max_steps=N`, same data order as phase 3), test_2016_flickr, beam 5 and greedy,
+4. decode (~10 min, ~30 without phase 3's checkpoint): JoeyNMT's checkpoint after
+   `--decode-updates` updates (phase 3 keeps it; without it, JoeyNMT trains that many)
+   against ours trained exactly as many updates (`nmt train --set training.max_steps=N`,
+   same data order as phase 3), test_2016_flickr, beam 5 and greedy,
    batch 64, length penalty 1.0 (the peer's) for both. Ours: `scripts/bench_decode.py` (median
    of 3 passes after a warm-up pass). JoeyNMT: `joeynmt test` (its dev-set pass, then the test
    set; the time it logs for the test set, generation plus sacrebleu).
@@ -211,20 +212,37 @@ def phase_decode(args: argparse.Namespace) -> dict:
         *("--multi30k-dir", args.multi30k_dir, "--out", str(out)),
     )
     ours = json.loads(out.read_text())
+    checkpoint = joeynmt_checkpoint(args.joeynmt_work, n)
     work = args.joeynmt_work
-    checkpoint = work / "quality" / f"{n}.ckpt"
-    if not checkpoint.is_file():
-        raise SystemExit(f"{checkpoint} is missing: run the quality phase first")
     joey = []
     for beam in (1, 5):
         testing = {"load_model": str(checkpoint), "beam_size": beam, "batch_size": 64}
-        config = peer.write_config(work, "quality", {}, testing)
+        config = peer.write_config(work, checkpoint.parent.name, {}, testing)
         row = peer.decode_test(work, config)
         joey.append({**row, "beam_size": beam, "sentences_per_s": round(1000 / row["seconds"], 1)})
     for row in joey:
         mine = next(r for r in ours["decoding"] if r["beam_size"] == row["beam_size"])
         row["ours_over_joeynmt"] = round(mine["sentences_per_s"] / row["sentences_per_s"], 2)
     return {"updates": n, "ours": ours, "joeynmt": joey}
+
+
+def joeynmt_checkpoint(work: Path, n: int) -> Path:
+    """JoeyNMT's checkpoint after `n` updates: the quality phase's, or an earlier call's, else
+    one trained now with the same settings (same seed and data order), stopping at `n`."""
+    name = f"decode_{n}"
+    for checkpoint in (work / "quality" / f"{n}.ckpt", work / name / f"{n}.ckpt"):
+        if checkpoint.is_file():
+            return checkpoint
+    peer.ensure_work(work)
+    shutil.rmtree(work / name, ignore_errors=True)
+    training = {"updates": n, "validation_freq": n, "keep_best_ckpts": -1}
+    config = peer.write_config(work, name, training)
+    print(f"== joeynmt train {config} ({n} updates, no quality checkpoint to reuse)", flush=True)
+    peer.train_for(work, config, float("inf"))
+    checkpoint = work / name / f"{n}.ckpt"
+    if not checkpoint.is_file():
+        raise SystemExit(f"JoeyNMT left no {checkpoint}; see {work / name / 'train.log'}")
+    return checkpoint
 
 
 def load(path: str) -> dict:
@@ -258,6 +276,10 @@ def main(argv: list[str] | None = None) -> None:
     print_summary(result)
 
 
+def bleu_cell(bleu: float | None) -> str:
+    return "-" if bleu is None else f"{bleu:.2f}"
+
+
 def print_summary(result: dict) -> None:
     """The markdown tables docs/benchmarks.md holds."""
     if "peaks" in result:
@@ -283,7 +305,7 @@ def print_summary(result: dict) -> None:
         print("\n| minutes | nmt BLEU | JoeyNMT BLEU |\n| --- | --- | --- |")
         for mark in q["at_minutes"]["ours"]:
             a, b = q["at_minutes"]["ours"][mark], q["at_minutes"]["joeynmt"][mark]
-            print(f"| {mark} | {a if a is not None else '-'} | {b if b is not None else '-'} |")
+            print(f"| {mark} | {bleu_cell(a)} | {bleu_cell(b)} |")
         print(f"\nours / JoeyNMT at 20 minutes: {q['ours_over_joeynmt_at_20']}")
     if "decode" in result:
         d = result["decode"]

@@ -34,10 +34,17 @@ VALIDATION_REPORT = re.compile(r"^Steps: (\d+)\t.*\tbleu: ([\d.]+)\t", re.MULTIL
 
 def ensure_work(work: Path, script: Path = PEER_SCRIPT) -> None:
     """Installs JoeyNMT and prepares data and SentencePiece in `work` (run.sh, 1 update)."""
-    if not (work / "venv/bin/python").is_file() or not (work / "config.yaml").is_file():
-        print(f"== preparing JoeyNMT in {work} (bash {script} 1)", flush=True)
-        env = {**os.environ, "WORK": str(work)}
-        subprocess.run(["bash", str(script), "1"], env=env, check=True, stdout=subprocess.DEVNULL)
+    ready = [work / "venv/bin/python", work / "config.yaml", work / "sp8k.model"]
+    if all(path.is_file() for path in ready):
+        return
+    print(f"== preparing JoeyNMT in {work} (bash {script} 1)", flush=True)
+    env = {**os.environ, "WORK": str(work)}
+    # Its exit status is no guide: one update logs no throughput line, which run.sh reports
+    # as a failure after everything this needs is in place.
+    subprocess.run(["bash", str(script), "1"], env=env, stdout=subprocess.DEVNULL)
+    missing = [str(path) for path in ready if not path.is_file()]
+    if missing:
+        raise SystemExit(f"{script} left no {', '.join(missing)}; see {work / 'train.log'}")
 
 
 def write_config(work: Path, name: str, training: dict, testing: dict | None = None) -> Path:

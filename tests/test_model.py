@@ -109,10 +109,13 @@ def test_shapes_and_dtypes(attention, bidirectional, layers, tie, cell):
     assert tuple(encoded["context"].shape) == (3, enc_dim)
     assert tuple(encoded["src_mask"].shape) == (3, 5)
     state = model.initial_state(encoded)
-    expected = {"dec_state", "context", "readout_ctx"}
+    keys, source_keys = {"dec_state", "source"}, {"context", "readout_ctx"}
     if attention != "none":
-        expected |= {"enc_states", "attn_keys", "src_mask", "attn_weights"}
-    assert set(state) == expected
+        keys, source_keys = (
+            keys | {"attn_weights"},
+            source_keys | {"enc_states", "attn_keys", "src_mask"},
+        )
+    assert set(state) == keys and set(state["source"]) == source_keys
     assert all(v.shape[0] == 3 for v in keras.tree.flatten(state))
     # (h,) for a GRU, (h, c) for an LSTM: a tuple either way, so search sees one structure.
     assert isinstance(state["dec_state"], tuple)
@@ -122,6 +125,8 @@ def test_shapes_and_dtypes(attention, bidirectional, layers, tie, cell):
     keras.tree.assert_same_structure(new_state, state)
     for old, new in zip(keras.tree.flatten(state), keras.tree.flatten(new_state), strict=True):
         assert tuple(new.shape) == tuple(old.shape) and new.dtype == old.dtype
+    # Beam search never reorders `source` (nmt.search.SOURCE): a step must leave it as it is.
+    assert new_state["source"] is state["source"]
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
