@@ -22,9 +22,13 @@ def test_base_yaml_documents_every_key_with_its_default():
     assert raw == defaults
 
 
-@pytest.mark.parametrize("name", ["base", "smoke", "multi30k_en_de", "multi30k_en_de_attention"])
-def test_shipped_configs_are_valid(name):
-    config.load(REPO / "configs" / f"{name}.yaml")
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path):
+    cfg = config.load(path)
+    if path.stem.startswith("multi30k_"):  # multi30k_SRC_TGT[_attention]: the name says it all
+        src, tgt = path.stem.split("_")[1:3]
+        assert (cfg.data.src_lang, cfg.data.tgt_lang) == (src, tgt)
+        assert (cfg.model.attention != "none") == path.stem.endswith("_attention")
 
 
 def test_overrides_are_parsed_as_yaml_and_typed(tmp_path):
