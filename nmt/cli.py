@@ -196,10 +196,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     evaluation.write_report(report, out_dir, name)
     models = f", ensemble of {len(report['ensemble'])}" if args.ensemble else ""
     print(
-        f"BLEU {report['bleu']:.2f}  chrF {report['chrf']:.2f}  ({report['sentences']} "
+        f"BLEU {report['bleu']:.2f} (lowercased {report['bleu_lc']:.2f})  chrF "
+        f"{report['chrf']:.2f}  ({report['sentences']} "
         f"sentences, beam {report['beam_size']}{models}, {report['sentences_per_s']:.1f} sent/s)"
     )
     print(f"sacrebleu BLEU signature: {report['bleu_signature']}")
+    print(f"sacrebleu BLEU lowercased: {report['bleu_lc_signature']}")
     print(f"sacrebleu chrF signature: {report['chrf_signature']}")
     for row in report.get("by_source_length", []):
         print(

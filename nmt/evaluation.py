@@ -1,4 +1,5 @@
-"""BLEU and chrF with sacrebleu on detokenized, cased text, and a breakdown by source length."""
+"""BLEU and chrF with sacrebleu on detokenized, cased text (BLEU lowercased as well, the
+literature's Multi30k numbers are `-lc`), and a breakdown by source length."""
 
 from __future__ import annotations
 
@@ -21,18 +22,17 @@ def score(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
     """Corpus BLEU and chrF of `hyps` against one reference per sentence.
 
     Returns:
-        {"bleu", "chrf", "bleu_signature", "chrf_signature", "sentences"}.
+        {"bleu", "bleu_lc", "chrf", their "..._signature"s, "sentences"}; `bleu_lc` is
+        sacrebleu's `-lc` (case-insensitive) BLEU.
     """
     if len(hyps) != len(refs):
         raise DataError(f"{len(hyps)} hypotheses but {len(refs)} references")
-    bleu, chrf = BLEU(), CHRF()
-    return {
-        "bleu": round(bleu.corpus_score(list(hyps), [list(refs)]).score, 2),
-        "chrf": round(chrf.corpus_score(list(hyps), [list(refs)]).score, 2),
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
-        "sentences": len(hyps),
-    }
+    metrics = {"bleu": BLEU(), "bleu_lc": BLEU(lowercase=True), "chrf": CHRF()}
+    report = {}
+    for name, metric in metrics.items():
+        report[name] = round(metric.corpus_score(list(hyps), [list(refs)]).score, 2)
+        report[f"{name}_signature"] = str(metric.get_signature())
+    return {**report, "sentences": len(hyps)}
 
 
 def bucket_label(n_words: int, edges: Sequence[int] = LENGTH_EDGES) -> str:

@@ -100,6 +100,14 @@ def trial_overrides(values: dict, max_steps: int) -> list[str]:
     return [f"{key}={json.dumps(value)}" for key, value in {**values, **fixed}.items()]
 
 
+def choose(hp, key: str, choices: list):
+    """The trial's value for `key`. KerasTuner's Choice stores booleans as 0 and 1, which the
+    config refuses: a list of booleans becomes a Boolean (or Fixed, when only one)."""
+    if all(isinstance(c, bool) for c in choices):
+        return hp.Boolean(key) if len(set(choices)) == 2 else hp.Fixed(key, choices[0])
+    return hp.Choice(key, choices)
+
+
 def make_tuner(args: argparse.Namespace):
     """A KerasTuner tuner of the chosen algorithm whose trials are `nmt` trainings."""
     import keras_tuner
@@ -112,7 +120,7 @@ def make_tuner(args: argparse.Namespace):
     class NmtTuner(algorithm[args.algorithm]):
         def run_trial(self, trial, *args_, **kwargs_):
             hp = trial.hyperparameters
-            values = {key: hp.Choice(key, choices) for key, choices in args.space.items()}
+            values = {key: choose(hp, key, choices) for key, choices in args.space.items()}
             overrides = [*args.overrides, *trial_overrides(values, args.max_steps)]
             cfg = nmt_config.load(args.config, overrides)
             run_dir = args.out_dir / f"trial_{trial.trial_id}"

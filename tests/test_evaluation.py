@@ -14,9 +14,11 @@ def test_perfect_and_wrong_scores_with_signature():
     assert wrong["bleu"] < 5 and wrong["chrf"] < perfect["chrf"]
 
 
-def test_scores_are_cased():
-    refs = ["Ein Mann fährt Fahrrad ."]
-    assert evaluation.score(["ein mann fährt fahrrad ."], refs)["bleu"] < 100
+def test_bleu_is_cased_and_bleu_lc_is_not():
+    refs = ["Ein Mann fährt Fahrrad im Park ."]
+    scores = evaluation.score(["ein mann fährt fahrrad im park ."], refs)
+    assert scores["bleu"] < 100 and scores["bleu_lc"] == 100.0
+    assert "case:lc" in scores["bleu_lc_signature"]
 
 
 def test_length_mismatch_is_an_error():

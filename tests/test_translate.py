@@ -188,6 +188,7 @@ def test_cli_evaluate_files_and_split(tiny_run, tiny_corpus, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "sacrebleu BLEU signature: nrefs:1|case:mixed|eff:no|tok:13a" in printed
+    assert "sacrebleu BLEU lowercased: nrefs:1|case:lc|eff:no|tok:13a" in printed
     report = json.loads((out / "val.en.json").read_text())
     assert report["sentences"] == 40 and report["beam_size"] == 2
     assert report["by_source_length"][0]["bucket"] == "0-9"

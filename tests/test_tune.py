@@ -59,3 +59,11 @@ def test_a_space_must_map_keys_to_lists(tmp_path, tiny_corpus, capsys):
     with pytest.raises(SystemExit):
         tune.main(tiny_files(tmp_path, tiny_corpus, {"model.dropout": 0.1}))
     assert "non-empty lists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("choices", [[False, True], [True]])
+def test_booleans_stay_booleans(choices):
+    import keras_tuner
+
+    value = tune.choose(keras_tuner.HyperParameters(), "model.tie_embeddings", choices)
+    assert type(value) is bool and value in choices
