@@ -82,12 +82,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nmt import evaluation, training
+    from nmt import training
 
-    cfg = _load_config(args)
-    bleu = cfg.training.early_stopping_metric == "bleu"
-    score = evaluation.validation_bleu(cfg, args.run_dir) if bleu else None
-    state = training.train(cfg, args.run_dir, validation_score=score)
+    state = training.train(_load_config(args), args.run_dir)
     print(f"done: {training.describe_state(state)}, best {state.get('best')} -> {args.run_dir}")
     return 0
 

@@ -190,9 +190,10 @@ def train(
     Args:
         cfg: the resolved config.
         run_dir: the run directory to create or resume.
-        validation_score: scores the model after each epoch (higher is better; e.g.
-            `evaluation.validation_bleu`), recorded as `val_bleu` and used for model
-            selection when `training.early_stopping_metric` is "bleu".
+        validation_score: scores the model after each epoch (higher is better),
+            recorded as `val_bleu` and used for model selection when
+            `training.early_stopping_metric` is "bleu"; that metric defaults it to
+            `evaluation.validation_bleu` (greedy BLEU on the validation split).
 
     Returns:
         The final run state: epoch, step, best score and whether training stopped early.
@@ -201,10 +202,9 @@ def train(
         TrainingDiverged: the loss became NaN/Inf; the best weights are left untouched.
     """
     if cfg.training.early_stopping_metric == "bleu" and validation_score is None:
-        raise ConfigError(
-            "training.early_stopping_metric=bleu needs a validation_score function, "
-            "e.g. nmt.evaluation.validation_bleu(cfg, run_dir)"
-        )
+        from nmt import evaluation  # lazily: evaluation decodes, training need not
+
+        validation_score = evaluation.validation_bleu(cfg, run_dir)
     cluster = distribution.start(cfg.training)  # before TensorFlow or JAX computes anything
     run = RunDir(run_dir)
     with rundir.Lock(run) if cluster.is_chief else contextlib.nullcontext():

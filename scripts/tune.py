@@ -113,7 +113,7 @@ def make_tuner(args: argparse.Namespace):
     import keras_tuner
 
     from nmt import config as nmt_config
-    from nmt import evaluation, training
+    from nmt import training
 
     algorithm = {"random": keras_tuner.RandomSearch, "bayesian": keras_tuner.BayesianOptimization}
 
@@ -125,7 +125,7 @@ def make_tuner(args: argparse.Namespace):
             cfg = nmt_config.load(args.config, overrides)
             run_dir = args.out_dir / f"trial_{trial.trial_id}"
             start = time.time()
-            state = training.train(cfg, run_dir, evaluation.validation_bleu(cfg, run_dir))
+            state = training.train(cfg, run_dir)
             return {"val_bleu": state["best"], "minutes": (time.time() - start) / 60}
 
     return NmtTuner(

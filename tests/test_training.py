@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from nmt import cli, evaluation, rundir, training
+from nmt import cli, rundir, training
 from nmt.checkpointing import restore
 from nmt.errors import RunDirError
 from nmt.model import build_model
@@ -261,10 +261,7 @@ def test_changed_batching_restarts_the_epoch_with_a_warning(tmp_path, tiny_corpu
     assert (state["epoch"], state["batches"], state["step"]) == (1, 5, 45)
 
 
-def test_bleu_selection_needs_a_score_function_and_cannot_change_on_resume(tmp_path, tiny_run):
-    bleu = tiny_config(tmp_path, "training.early_stopping_metric=bleu")
-    with pytest.raises(training.ConfigError, match="needs a validation_score function"):
-        training.train(bleu, tmp_path / "run")
+def test_the_selection_metric_cannot_change_on_resume(tmp_path, tiny_run):
     run_dir = tmp_path / "copy"
     shutil.copytree(tiny_run, run_dir)
     cfg = training.config_lib.load(run_dir / "config.yaml", ["training.epochs=9"])
@@ -400,14 +397,13 @@ def test_validation_bleu_selects_the_model(tmp_path, tiny_corpus):
         "training.learning_rate=0.01",
         "training.bleu_max_sentences=40",
     )
-    state = training.train(cfg, run_dir, evaluation.validation_bleu(cfg, run_dir))
+    state = training.train(cfg, run_dir)  # the metric brings its default score function
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     bleu = [r["val_bleu"] for r in records]
     assert len(set(bleu)) > 1 and max(bleu) > 0, bleu  # the selection has something to choose
     best = int(np.argmax(bleu))
     assert state["best"] == bleu[best]
     assert state["best_weights"] == f"best-{records[best]['step']}.weights.h5"
-    # The CLI wires the same function in.
     assert [r["best"] for r in records] == list(np.maximum.accumulate(bleu))
 
 
