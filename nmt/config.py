@@ -92,6 +92,9 @@ class ModelConfig:
     # over all encoder states, computed after the decoder GRU.
     attention: Literal["none", "additive", "dot", "general"] = "none"
     attention_units: int = 256
+    # Attention only: the decoder GRU also reads the previous step's attention context
+    # (Luong et al. 2015), so teacher forcing runs step by step instead of the fused kernel.
+    input_feeding: bool = False
     # Share the target embedding with the output projection.
     tie_embeddings: bool = False
 
@@ -381,6 +384,16 @@ def _check_values(cfg: Config, prefix: Prefix = lambda name: "") -> None:
         raise ConfigError(
             f"{prefix('model.gru_variant')}model.gru_variant={m.gru_variant!r} applies to "
             f"GRUs only, but model.cell is {m.cell!r}"
+        )
+    if m.input_feeding and m.attention == "none":
+        raise ConfigError(
+            f"{prefix('model.input_feeding')}model.input_feeding feeds back the attention "
+            "context, but model.attention is 'none'"
+        )
+    if m.input_feeding and m.recurrent_dropout > 0:
+        raise ConfigError(
+            f"{prefix('model.input_feeding')}model.input_feeding does not support "
+            f"model.recurrent_dropout (got {m.recurrent_dropout}); set it to 0"
         )
     if d.format == "tfds" and not d.tfds_name:
         raise ConfigError(

@@ -76,10 +76,11 @@ def forward_macs(
         output = e * tgt_vocab_size + (m * e if m != e else 0)
     else:
         output = m * tgt_vocab_size
+    rnn_inputs = e + c + (c if cfg.input_feeding else 0)  # [e(y); c (; a_{t-1})]
     return {
         "encoder": encoder,
         "sentence": sentence,
-        "decoder_rnn": tgt_len * gates * ((e + c) * d_units + d_units * d_units),
+        "decoder_rnn": tgt_len * gates * (rnn_inputs * d_units + d_units * d_units),
         "attention": attention,
         "readout": tgt_len * ((d_units + e) * r + readout_a),
         "output": tgt_len * output,

@@ -14,7 +14,9 @@ Shapes follow the paper (section 2.2 and appendix A):
 
 Optional attention (`additive`, `dot`, `general`) is computed *after* the decoder GRU over
 all encoder states, so teacher-forced training still runs the decoder GRU over the whole
-target sequence with the fused (cuDNN) kernel.
+target sequence with the fused (cuDNN) kernel. `model.input_feeding` (Luong et al. 2015;
+JoeyNMT's default) also feeds the previous step's attention context back into the decoder
+GRU, `[e(y_{t-1}); c; a_{t-1}]`: teacher forcing then runs one step at a time.
 
 The recurrent unit (`model.cell`) is a GRU (the paper's) or an LSTM, everything else
 equal. With an LSTM the encoder's recurrent state is `(h, c)` per direction: `h_T`, the
@@ -432,7 +434,8 @@ class Encoder(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="nmt")
 class Decoder(keras.layers.Layer):
-    """GRU (or LSTM) decoder reading `[e(y_{t-1}); c]`, optional attention, maxout readout.
+    """GRU (or LSTM) decoder reading `[e(y_{t-1}); c]` (input feeding: `[...; a_{t-1}]`),
+    optional attention, maxout readout.
 
     `call` runs teacher forcing over a whole target sequence; `step` runs one position with
     the same weights (the recurrent layer's own cell), for search.
@@ -452,17 +455,21 @@ class Decoder(keras.layers.Layer):
         tie_embeddings: bool = False,
         cell: str = "gru",
         gru_variant: str = "reset_after",
+        input_feeding: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if attention not in ATTENTION_TYPES:
             raise ValueError(f"unknown attention {attention!r}; choose one of {ATTENTION_TYPES}")
+        if input_feeding and attention == "none":
+            raise ValueError("input_feeding needs attention")
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.context_dim, self.maxout_units = context_dim, maxout_units
         self.attention_type, self.attention_units = attention, attention_units
         self.dropout_rate, self.recurrent_dropout = dropout, recurrent_dropout
         self.tie_embeddings = tie_embeddings
         self.cell, self.gru_variant = cell, gru_variant
+        self.input_feeding = input_feeding
         self._make_layers()
 
     @property
@@ -527,6 +534,13 @@ class Decoder(keras.layers.Layer):
                 self.embedding_dim, use_bias=False, name="tie_proj", dtype=self.dtype_policy
             )
 
+    def build(self, input_shape: Any = None) -> None:
+        """Sublayers build at their first call, except the input-fed GRU, which
+        `_input_fed_rnn` drives without calling it. (Without this method Keras would trace
+        `call` symbolically to build, outside the mixed-precision autocast scope.)"""
+        if self.input_feeding:
+            self.rnn.build((None, None, self.embedding_dim + 2 * self.context_dim))
+
     def initial_state(self, encoded: dict[str, Tensor]) -> dict[str, Tensor]:
         """Decoder state before the first target token; see `Seq2Seq.initial_state`."""
         context = encoded["context"]
@@ -540,6 +554,8 @@ class Decoder(keras.layers.Layer):
             values, mask = encoded["enc_states"], encoded["src_mask"]
             source.update(enc_states=values, attn_keys=self.attention.keys(values), src_mask=mask)
             state["attn_weights"] = ops.zeros_like(mask, dtype="float32")
+        if self.input_feeding:
+            state["attn_context"] = ops.zeros_like(context)  # a_0: nothing attended yet
         return state
 
     def call(
@@ -560,41 +576,74 @@ class Decoder(keras.layers.Layer):
         source = state[SOURCE]
         # c is constant over time: broadcast it so one fused GRU call covers all steps.
         context_seq = ops.zeros_like(emb[..., :1]) + ops.expand_dims(source["context"], 1)
-        # No target mask: positions after the end only produce ignored (finite) logits,
-        # and a maskless call always qualifies for the fused kernel.
-        hidden = self.rnn(
-            ops.concatenate([emb, context_seq], axis=-1),
-            initial_state=list(state["dec_state"]),
-            training=training,
-        )
+        rnn_inputs = ops.concatenate([emb, context_seq], axis=-1)
         outputs = {}
         attn_context = None
-        if self.attention is not None:
-            attn_context, outputs["attention"] = self.attention(
-                hidden, source["attn_keys"], source["enc_states"], source["src_mask"]
-            )
+        if self.input_feeding:
+            hidden, attn_context = self._input_fed_rnn(rnn_inputs, state)
+            # Only plots read the weights; compiled training prunes this second pass.
+            outputs["attention"] = self._attend(hidden, source)[1]
+        else:
+            # No target mask: positions after the end only produce ignored (finite) logits,
+            # and a maskless call always qualifies for the fused kernel.
+            hidden = self.rnn(rnn_inputs, initial_state=list(state["dec_state"]), training=training)
+            if self.attention is not None:
+                attn_context, outputs["attention"] = self._attend(hidden, source)
         readout_ctx = ops.expand_dims(source["readout_ctx"], 1)
         outputs["logits"] = self._logits(hidden, emb, readout_ctx, attn_context, training)
         return outputs
+
+    def _attend(self, hidden: Tensor, source: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Attention context and weights for decoder states `(batch, tgt_len, units)`."""
+        return self.attention(hidden, source["attn_keys"], source["enc_states"], source["src_mask"])
+
+    def _attend_one(self, hidden: Tensor, source: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """`_attend` for one position: `(batch, units)` -> `(batch, ...)`."""
+        context, weights = self._attend(ops.expand_dims(hidden, 1), source)
+        return ops.squeeze(context, 1), ops.squeeze(weights, 1)
+
+    def _input_fed_rnn(self, rnn_inputs: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Teacher forcing with input feeding: step t reads `[e; c]` and `a_{t-1}`.
+
+        The attention context feeds back into the GRU input, so no fused kernel can run the
+        sequence; the product of the `[e; c]` part is still taken once for all positions, as
+        in `_InputsProjectedOnce`, and only `a_{t-1}`'s share and the recurrence stay in the
+        loop. Returns the decoder states and the attention contexts, `(batch, tgt_len, .)`.
+        """
+        rnn, source, n_static = self.rnn, state[SOURCE], rnn_inputs.shape[-1]
+        static_kernel, fed_kernel = rnn.cell.kernel[:n_static], rnn.cell.kernel[n_static:]
+        projected = ops.matmul(rnn_inputs, static_kernel) + rnn._input_bias()
+
+        def one_step(x: Tensor, states: list) -> tuple[Tensor, list]:
+            *cell_states, attn_context = states
+            hidden, cell_states = rnn._recurrence(
+                x + ops.matmul(attn_context, fed_kernel), cell_states
+            )
+            attn_context = self._attend_one(hidden, source)[0]
+            return ops.concatenate([hidden, attn_context], axis=-1), [*cell_states, attn_context]
+
+        _, outputs, _ = keras_backend.rnn(
+            one_step,
+            projected,
+            [*state["dec_state"], state["attn_context"]],
+            input_length=rnn_inputs.shape[1],
+        )
+        return outputs[..., : self.units], outputs[..., self.units :]
 
     def step(self, token_ids: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """One decoding step; see `Seq2Seq.decode_step`."""
         emb = self.embedding(token_ids)
         source = state[SOURCE]
-        rnn_input = ops.concatenate([emb, source["context"]], axis=-1)
+        fed = [state["attn_context"]] if self.input_feeding else []
+        rnn_input = ops.concatenate([emb, source["context"], *fed], axis=-1)
         hidden, dec_state = self.rnn.cell(rnn_input, list(state["dec_state"]), training=False)
         # A tuple, as in `initial_state`: search loops need the same structure every step.
         new_state = dict(state, dec_state=tuple(dec_state))
         attn_context = None
         if self.attention is not None:
-            attn_context, weights = self.attention(
-                ops.expand_dims(hidden, 1),
-                source["attn_keys"],
-                source["enc_states"],
-                source["src_mask"],
-            )
-            attn_context = ops.squeeze(attn_context, 1)
-            new_state["attn_weights"] = ops.squeeze(weights, 1)
+            attn_context, new_state["attn_weights"] = self._attend_one(hidden, source)
+            if self.input_feeding:
+                new_state["attn_context"] = attn_context
         logits = self._logits(hidden, emb, source["readout_ctx"], attn_context, False)
         return logits, new_state
 
@@ -632,6 +681,7 @@ class Decoder(keras.layers.Layer):
             "tie_embeddings": self.tie_embeddings,
             "cell": self.cell,
             "gru_variant": self.gru_variant,
+            "input_feeding": self.input_feeding,
         }
 
 
@@ -691,6 +741,7 @@ class Seq2Seq(keras.Model):
             tie_embeddings=cfg.tie_embeddings,
             cell=cfg.cell,
             gru_variant=cfg.gru_variant,
+            input_feeding=cfg.input_feeding,
             name="decoder",
             dtype=self.dtype_policy,
         )
@@ -738,6 +789,8 @@ class Seq2Seq(keras.Model):
         Keys: `dec_state`, a tuple of the decoder cell's states, `(h,)` for a GRU and
         `(h, c)` for an LSTM, each `(batch, decoder_units)`; with attention `attn_weights`
         `(batch, src_len)` float32 (the last step's attention; zeros before the first step);
+        with input feeding `attn_context` `(batch, enc_dim)` (the last step's attention
+        context, which the next step's GRU reads; zeros before the first step);
         and `source` (`nmt.search.SOURCE`: constant per sentence, so beam search never
         reorders it), a dict of `context` `(batch, enc_dim)`, `readout_ctx`
         `(batch, 2 * maxout_units)` (`O_c c`, precomputed) and, with attention,

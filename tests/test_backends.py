@@ -244,10 +244,11 @@ import keras, numpy as np
 from nmt import training
 from nmt.config import ModelConfig, TrainingConfig
 from nmt.model import build_model
-for policy in ("mixed_float16", "mixed_bfloat16"):  # float32: every other test
+# float32: every other test. Input feeding runs its own loop (keras' rnn, jax.lax.scan).
+for policy, feed in [(p, f) for p in ("mixed_float16", "mixed_bfloat16") for f in (0, 1)]:
     keras.mixed_precision.set_global_policy(policy)
     cfg = ModelConfig(embedding_dim=16, encoder_units=16, decoder_units=32, maxout_units=16,
-                      attention="additive", attention_units=16)
+                      attention="additive", attention_units=16, input_feeding=bool(feed))
     model = build_model(cfg, 40, 40)
     training.compile_model(model, TrainingConfig(precision=policy))
     rng = np.random.default_rng(0)
@@ -258,7 +259,7 @@ for policy in ("mixed_float16", "mixed_bfloat16"):  # float32: every other test
     assert keras.ops.convert_to_numpy(model((src, tgt))).dtype == np.float32, policy
     scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert scaled == (policy == "mixed_float16"), policy
-    print(policy, "ok")
+    print(policy, feed, "ok")
 """
 )
 
@@ -266,4 +267,5 @@ for policy in ("mixed_float16", "mixed_bfloat16"):  # float32: every other test
 @pytest.mark.parametrize("backend", ["jax", TORCH])
 def test_every_precision_policy_trains_on_every_backend(backend):
     done = _run(backend, ["-c", PRECISION_SCRIPT])
-    assert done.stdout.split() == ["mixed_float16", "ok", "mixed_bfloat16", "ok"]
+    expected = [f"{p} {feed} ok" for p in ("mixed_float16", "mixed_bfloat16") for feed in (0, 1)]
+    assert done.stdout.splitlines() == expected, done.stderr[-3000:]

@@ -88,6 +88,19 @@ def test_bad_values():
         config.load(None, ["training.xla=true"])  # YAML's true: a bool, not a choice
 
 
+def test_input_feeding_needs_attention_and_no_recurrent_dropout():
+    with pytest.raises(ConfigError, match="model.input_feeding.*model.attention is 'none'"):
+        config.load(None, ["model.input_feeding=true"])
+    with pytest.raises(ConfigError, match="input_feeding does not support model.recurrent_dropout"):
+        config.load(
+            None,
+            ["model.input_feeding=true", "model.attention=dot", "model.recurrent_dropout=0.1"],
+        )
+    assert config.load(
+        None, ["model.input_feeding=true", "model.attention=dot"]
+    ).model.input_feeding
+
+
 def test_malformed_override_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="section.key=value"):
         config.load(None, ["epochs=3"])

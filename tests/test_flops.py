@@ -84,20 +84,21 @@ def test_deeper_encoder_and_tied_output():
 
 
 @pytest.mark.parametrize(
-    ("kind", "extra", "cell"),
+    ("kind", "extra", "cell", "feed"),
     [
-        ("none", lambda c, h: 0, "gru"),
-        ("additive", lambda c, h: c, "gru"),
-        ("general", lambda c, h: h + c, "gru"),
-        ("additive", lambda c, h: c, "lstm"),
+        ("none", lambda c, h: 0, "gru", False),
+        ("additive", lambda c, h: c, "gru", False),
+        ("general", lambda c, h: h + c, "gru", False),
+        ("additive", lambda c, h: c, "lstm", False),
+        ("additive", lambda c, h: c, "gru", True),
     ],
 )
-def test_one_token_sentences_cost_the_model_kernels(kind, extra, cell):
+def test_one_token_sentences_cost_the_model_kernels(kind, extra, cell, feed):
     """With S = T = 1 every weight matrix is used once per sentence, so the forward MACs
     are the model's kernel sizes, plus the weight-free score and context products."""
     from nmt.model import build_model
 
-    cfg = dataclasses.replace(TINY, attention=kind, cell=cell)
+    cfg = dataclasses.replace(TINY, attention=kind, cell=cell, input_feeding=feed)
     model = build_model(cfg, 7, 10)
     kernels = sum(math.prod(v.shape) for v in model.weights if v.path.endswith("kernel"))
     macs = sum(flops.forward_macs(cfg, 10, 1, 1).values())

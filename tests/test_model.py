@@ -173,6 +173,25 @@ def test_decode_step_matches_teacher_forcing(attention, bidirectional, tie, cell
     np.testing.assert_allclose(step_logits(model, SRC, TGT_IN), teacher, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention,cell", [("additive", "gru"), ("dot", "lstm")])
+def test_input_feeding_decode_step_matches_teacher_forcing(tmp_path, attention, cell):
+    model = make(tiny(attention=attention, cell=cell, input_feeding=True))
+    state = model.initial_state(model.encode(SRC))
+    np.testing.assert_array_equal(np_(state["attn_context"]), np.zeros((3, 16)))  # a_0
+    teacher = np_(model((SRC, TGT_IN)))
+    np.testing.assert_allclose(step_logits(model, SRC, TGT_IN), teacher, atol=1e-5)
+    # The GRU reads [e(y); c; a]: a 16-wide context more than without input feeding.
+    assert model.decoder.rnn.cell.kernel.shape[0] == 16 + 16 + 16
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.testing.assert_array_equal(np_(keras.saving.load_model(path)((SRC, TGT_IN))), teacher)
+
+
+def test_input_feeding_without_attention_is_rejected():
+    with pytest.raises(ValueError, match="input_feeding needs attention"):
+        make(tiny(attention="none", input_feeding=True))
+
+
 @pytest.mark.parametrize("attention", ["additive", "dot", "general"])
 def test_attention_weights_are_a_distribution_over_real_source(attention):
     model = make(tiny(attention=attention))
@@ -362,9 +381,9 @@ def bfloat16_policy():
         keras.config.set_dtype_policy("float32")
 
 
-@pytest.mark.parametrize("tie", [False, True])
-def test_mixed_bfloat16_keeps_logits_float32(bfloat16_policy, tie):
-    cfg = tiny(attention="additive", tie_embeddings=tie)
+@pytest.mark.parametrize("tie,feed", [(False, False), (True, False), (False, True)])
+def test_mixed_bfloat16_keeps_logits_float32(bfloat16_policy, tie, feed):
+    cfg = tiny(attention="additive", tie_embeddings=tie, input_feeding=feed)
     model = make(cfg)
     assert model.decoder.rnn.compute_dtype == "bfloat16"
     logits = model((SRC, TGT_IN))
@@ -447,10 +466,11 @@ def test_cho_model_without_attention_reduces_loss():
     assert losses[-1] < 0.6 and losses[-1] < 0.5 * losses[0], losses
 
 
-def test_papers_gru_trains():
+@pytest.mark.parametrize("setting", [{"gru_variant": "reset_before"}, {"input_feeding": True}])
+def test_step_by_step_decoders_train(setting):
     """The default GRU trains in the tests above, the LSTM in the `tiny_lstm_run` fixture."""
     src, tgt_in, tgt_out = reversal_data(256)
-    model = compiled("additive", 1e-2, gru_variant="reset_before")
+    model = compiled("additive", 1e-2, **setting)
     history = model.fit((src, tgt_in), tgt_out, batch_size=32, epochs=3, verbose=0)
     losses = history.history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < 0.9 * losses[0], losses
