@@ -92,7 +92,7 @@ class ModelConfig:
     # over all encoder states, computed after the decoder GRU.
     attention: Literal["none", "additive", "dot", "general"] = "none"
     attention_units: int = 256
-    # Attention only: the decoder GRU also reads the previous step's attention context
+    # Attention only: the decoder GRU (LSTM) also reads the previous step's attention context
     # (Luong et al. 2015), so teacher forcing runs step by step instead of the fused kernel.
     input_feeding: bool = False
     # Share the target embedding with the output projection.

@@ -17,7 +17,8 @@ Forward MACs of one sentence:
 - once per sentence: context `c = tanh(V h_T)`: `C C`; decoder init `tanh(V' c)`: `C H'`;
   `O_c c`: `C R`; attention keys over the source: additive `S C A`, general (or dot with
   `C != H'`) `S C H'`, dot otherwise 0;
-- per target position: decoder GRU/LSTM over `[e(y); c]`: `G ((E + C) H' + H' H')`; readout
+- per target position: decoder GRU/LSTM over `[e(y); c]`: `G ((E + C) H' + H' H')` (input
+  feeding reads `[e(y); c; a_{t-1}]`: `G ((E + 2 C) H' + H' H')`); readout
   `O_h h' + O_y e(y)`: `(H' + E) R`; output projection: `M V` (tied embeddings:
   `E V`, plus `M E` when `M != E`);
 - per target position with attention: scores over the `S` source positions (additive:

@@ -85,6 +85,8 @@ def _warn_unfused(cfg: ModelConfig) -> None:
         reasons.append(f"model.recurrent_dropout={cfg.recurrent_dropout}")
     if cfg.cell == "gru" and cfg.gru_variant == "reset_before":
         reasons.append("model.gru_variant='reset_before'")
+    if cfg.input_feeding:
+        reasons.append("model.input_feeding")
     for reason in reasons:
         # One call site, so Python's default warning filter shows each once per process.
         warnings.warn(
@@ -298,6 +300,16 @@ class Attention(keras.layers.Layer):
         elif kind == "general" or value_dim != query_dim:
             self.key_proj = keras.layers.Dense(query_dim, name="key_proj", **dense)
 
+    def build(self, input_shape: Any = None) -> None:
+        """Builds the projections from the dimensions given at construction."""
+        for proj, width in [
+            (self.query_proj, self.query_dim),
+            (self.key_proj, self.value_dim),
+            (self.score_proj, self.units),
+        ]:
+            if proj is not None and not proj.built:  # keys() may have built key_proj
+                proj.build((None, width))
+
     def keys(self, values: Tensor) -> Tensor:
         """Source-side part of the score: `(batch, src_len, value_dim) -> (batch, src_len, k)`."""
         return values if self.key_proj is None else self.key_proj(values)
@@ -463,6 +475,8 @@ class Decoder(keras.layers.Layer):
             raise ValueError(f"unknown attention {attention!r}; choose one of {ATTENTION_TYPES}")
         if input_feeding and attention == "none":
             raise ValueError("input_feeding needs attention")
+        if input_feeding and recurrent_dropout:
+            raise ValueError("input_feeding does not support recurrent_dropout")
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.context_dim, self.maxout_units = context_dim, maxout_units
         self.attention_type, self.attention_units = attention, attention_units
@@ -535,11 +549,14 @@ class Decoder(keras.layers.Layer):
             )
 
     def build(self, input_shape: Any = None) -> None:
-        """Sublayers build at their first call, except the input-fed GRU, which
-        `_input_fed_rnn` drives without calling it. (Without this method Keras would trace
-        `call` symbolically to build, outside the mixed-precision autocast scope.)"""
+        """Sublayers build at their first call, except those of the input-fed loop:
+        `_input_fed_rnn` reads the recurrent layer's kernels without calling the layer, and
+        calls the attention inside a backend loop, where no variable should be created.
+        (Without this method Keras would build by tracing `call` symbolically, which reads
+        those kernels before they exist.)"""
         if self.input_feeding:
             self.rnn.build((None, None, self.embedding_dim + 2 * self.context_dim))
+            self.attention.build()
 
     def initial_state(self, encoded: dict[str, Tensor]) -> dict[str, Tensor]:
         """Decoder state before the first target token; see `Seq2Seq.initial_state`."""
@@ -559,7 +576,11 @@ class Decoder(keras.layers.Layer):
         return state
 
     def call(
-        self, tgt_in_ids: Tensor, state: dict[str, Tensor], training: bool = False
+        self,
+        tgt_in_ids: Tensor,
+        state: dict[str, Tensor],
+        training: bool = False,
+        return_attention: bool = False,
     ) -> dict[str, Tensor]:
         """Teacher forcing over a whole (right-padded) target sequence.
 
@@ -567,28 +588,34 @@ class Decoder(keras.layers.Layer):
             tgt_in_ids: `(batch, tgt_len)` decoder inputs (BOS, y_1, ..., y_{n-1}, PAD...).
             state: from `initial_state`.
             training: enables dropout.
+            return_attention: also return the attention weights (attention models only).
 
         Returns:
-            `logits` float32 `(batch, tgt_len, vocab)`, and with attention `attention`
-            float32 `(batch, tgt_len, src_len)`.
+            `logits` float32 `(batch, tgt_len, vocab)`, and with `return_attention`
+            `attention` float32 `(batch, tgt_len, src_len)`.
         """
         emb = self.dropout(self.embedding(tgt_in_ids), training=training)
         source = state[SOURCE]
-        # c is constant over time: broadcast it so one fused GRU call covers all steps.
-        context_seq = ops.zeros_like(emb[..., :1]) + ops.expand_dims(source["context"], 1)
-        rnn_inputs = ops.concatenate([emb, context_seq], axis=-1)
         outputs = {}
-        attn_context = None
+        attn_context = weights = None
         if self.input_feeding:
-            hidden, attn_context = self._input_fed_rnn(rnn_inputs, state)
-            # Only plots read the weights; compiled training prunes this second pass.
-            outputs["attention"] = self._attend(hidden, source)[1]
+            hidden, attn_context = self._input_fed_rnn(emb, state)
+            if return_attention:  # a second pass: the loop keeps only the contexts
+                weights = self._attend(hidden, source)[1]
         else:
+            # c is constant over time: broadcast it so one fused GRU call covers all steps.
+            context_seq = ops.zeros_like(emb[..., :1]) + ops.expand_dims(source["context"], 1)
             # No target mask: positions after the end only produce ignored (finite) logits,
             # and a maskless call always qualifies for the fused kernel.
-            hidden = self.rnn(rnn_inputs, initial_state=list(state["dec_state"]), training=training)
+            hidden = self.rnn(
+                ops.concatenate([emb, context_seq], axis=-1),
+                initial_state=list(state["dec_state"]),
+                training=training,
+            )
             if self.attention is not None:
-                attn_context, outputs["attention"] = self._attend(hidden, source)
+                attn_context, weights = self._attend(hidden, source)
+        if return_attention:
+            outputs["attention"] = weights
         readout_ctx = ops.expand_dims(source["readout_ctx"], 1)
         outputs["logits"] = self._logits(hidden, emb, readout_ctx, attn_context, training)
         return outputs
@@ -602,17 +629,21 @@ class Decoder(keras.layers.Layer):
         context, weights = self._attend(ops.expand_dims(hidden, 1), source)
         return ops.squeeze(context, 1), ops.squeeze(weights, 1)
 
-    def _input_fed_rnn(self, rnn_inputs: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Teacher forcing with input feeding: step t reads `[e; c]` and `a_{t-1}`.
+    def _input_fed_rnn(self, emb: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Teacher forcing with input feeding: step t reads `[e_t; c; a_{t-1}]`.
 
-        The attention context feeds back into the GRU input, so no fused kernel can run the
-        sequence; the product of the `[e; c]` part is still taken once for all positions, as
-        in `_InputsProjectedOnce`, and only `a_{t-1}`'s share and the recurrence stay in the
-        loop. Returns the decoder states and the attention contexts, `(batch, tgt_len, .)`.
+        The attention context feeds back into the recurrent input, so no fused kernel can run
+        the sequence. The kernel's rows follow that order (as `step` concatenates): the
+        shares of `e` (all positions at once, as in `_InputsProjectedOnce`) and of `c` (once
+        per sentence) are taken outside the loop; only `a_{t-1}`'s and the recurrence stay
+        in it. Returns the decoder states and the attention contexts, `(batch, tgt_len, .)`.
         """
-        rnn, source, n_static = self.rnn, state[SOURCE], rnn_inputs.shape[-1]
-        static_kernel, fed_kernel = rnn.cell.kernel[:n_static], rnn.cell.kernel[n_static:]
-        projected = ops.matmul(rnn_inputs, static_kernel) + rnn._input_bias()
+        rnn, source, e = self.rnn, state[SOURCE], self.embedding_dim
+        kernel = rnn.cell.kernel
+        per_sentence = ops.matmul(source["context"], kernel[e : e + self.context_dim])
+        projected = ops.matmul(emb, kernel[:e]) + ops.expand_dims(per_sentence, 1)
+        projected = projected + rnn._input_bias()
+        fed_kernel = kernel[e + self.context_dim :]
 
         def one_step(x: Tensor, states: list) -> tuple[Tensor, list]:
             *cell_states, attn_context = states
@@ -626,7 +657,7 @@ class Decoder(keras.layers.Layer):
             one_step,
             projected,
             [*state["dec_state"], state["attn_context"]],
-            input_length=rnn_inputs.shape[1],
+            input_length=emb.shape[1],
         )
         return outputs[..., : self.units], outputs[..., self.units :]
 
@@ -635,6 +666,7 @@ class Decoder(keras.layers.Layer):
         emb = self.embedding(token_ids)
         source = state[SOURCE]
         fed = [state["attn_context"]] if self.input_feeding else []
+        # The order `_input_fed_rnn` splits the kernel by.
         rnn_input = ops.concatenate([emb, source["context"], *fed], axis=-1)
         hidden, dec_state = self.rnn.cell(rnn_input, list(state["dec_state"]), training=False)
         # A tuple, as in `initial_state`: search loops need the same structure every step.
@@ -764,10 +796,12 @@ class Seq2Seq(keras.Model):
         src_ids, tgt_in_ids = inputs
         return self._forward(src_ids, tgt_in_ids, training)["logits"]
 
-    def _forward(self, src_ids: Tensor, tgt_in_ids: Tensor, training: bool) -> dict:
+    def _forward(
+        self, src_ids: Tensor, tgt_in_ids: Tensor, training: bool, return_attention: bool = False
+    ) -> dict:
         encoded = self.encoder(src_ids, training=training)
         state = self.decoder.initial_state(encoded)
-        return self.decoder(tgt_in_ids, state, training=training)
+        return self.decoder(tgt_in_ids, state, training=training, return_attention=return_attention)
 
     def encode(self, src_ids: Tensor, training: bool = False) -> dict[str, Tensor]:
         """Runs the encoder.
@@ -832,7 +866,7 @@ class Seq2Seq(keras.Model):
                 "attention_weights needs a model with attention, but this model has "
                 "model.attention='none'"
             )
-        return self._forward(src_ids, tgt_in_ids, False)["attention"]
+        return self._forward(src_ids, tgt_in_ids, False, return_attention=True)["attention"]
 
     def encoder_gate_activations(self, src_ids: Tensor) -> dict[str, Tensor]:
         """Update and reset gates of the first (forward) encoder GRU layer.

@@ -201,10 +201,6 @@ def train(
     Raises:
         TrainingDiverged: the loss became NaN/Inf; the best weights are left untouched.
     """
-    if cfg.training.early_stopping_metric == "bleu" and validation_score is None:
-        from nmt import evaluation  # lazily: evaluation decodes, training need not
-
-        validation_score = evaluation.validation_bleu(cfg, run_dir)
     cluster = distribution.start(cfg.training)  # before TensorFlow or JAX computes anything
     run = RunDir(run_dir)
     with rundir.Lock(run) if cluster.is_chief else contextlib.nullcontext():
@@ -222,6 +218,10 @@ def train(
 
 
 def _fit_epochs(cfg: Config, run: RunDir, state: dict[str, Any], validation_score, cluster):
+    if cfg.training.early_stopping_metric == "bleu" and validation_score is None:
+        from nmt import evaluation  # lazily: evaluation decodes, training need not
+
+        validation_score = evaluation.validation_bleu(cfg, run.path)
     model, train_batches, validation = _build(cfg, run, state, cluster)
     keeper = RunKeeper(
         run,

@@ -173,9 +173,17 @@ def test_decode_step_matches_teacher_forcing(attention, bidirectional, tie, cell
     np.testing.assert_allclose(step_logits(model, SRC, TGT_IN), teacher, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention,cell", [("additive", "gru"), ("dot", "lstm")])
-def test_input_feeding_decode_step_matches_teacher_forcing(tmp_path, attention, cell):
-    model = make(tiny(attention=attention, cell=cell, input_feeding=True))
+@pytest.mark.parametrize(
+    "attention,cell,variant",
+    [
+        ("additive", "gru", "reset_after"),
+        ("general", "gru", "reset_before"),
+        ("dot", "lstm", "reset_after"),
+    ],
+)
+def test_input_feeding_decode_step_matches_teacher_forcing(tmp_path, attention, cell, variant):
+    cfg = tiny(attention=attention, cell=cell, gru_variant=variant, input_feeding=True)
+    model = make(cfg)
     state = model.initial_state(model.encode(SRC))
     np.testing.assert_array_equal(np_(state["attn_context"]), np.zeros((3, 16)))  # a_0
     teacher = np_(model((SRC, TGT_IN)))
@@ -187,23 +195,28 @@ def test_input_feeding_decode_step_matches_teacher_forcing(tmp_path, attention, 
     np.testing.assert_array_equal(np_(keras.saving.load_model(path)((SRC, TGT_IN))), teacher)
 
 
-def test_input_feeding_without_attention_is_rejected():
+def test_input_feeding_without_attention_or_with_recurrent_dropout_is_rejected():
     with pytest.raises(ValueError, match="input_feeding needs attention"):
         make(tiny(attention="none", input_feeding=True))
+    with pytest.raises(ValueError, match="input_feeding does not support recurrent_dropout"):
+        make(tiny(attention="dot", input_feeding=True, recurrent_dropout=0.1))
 
 
-@pytest.mark.parametrize("attention", ["additive", "dot", "general"])
-def test_attention_weights_are_a_distribution_over_real_source(attention):
-    model = make(tiny(attention=attention))
+@pytest.mark.parametrize(
+    "attention,feed", [("additive", False), ("dot", False), ("general", False), ("additive", True)]
+)
+def test_attention_weights_are_a_distribution_over_real_source(attention, feed):
+    model = make(tiny(attention=attention, input_feeding=feed))
     weights = np_(model.attention_weights(SRC, TGT_IN))
     assert weights.shape == (3, 4, 5) and weights.dtype == np.float32
     np.testing.assert_allclose(weights.sum(axis=-1), 1.0, atol=1e-5)
     for row, length in enumerate(SRC_LEN):
         assert (weights[row, :, length:] == 0).all()
-    # The step path exposes the same alignments for search.
+    # The step path exposes the same alignments for search, at every position.
     state = model.initial_state(model.encode(SRC))
-    _, state = model.decode_step(TGT_IN[:, 0], state)
-    np.testing.assert_allclose(np_(state["attn_weights"]), weights[:, 0], atol=1e-5)
+    for t in range(TGT_IN.shape[1]):
+        _, state = model.decode_step(TGT_IN[:, t], state)
+        np.testing.assert_allclose(np_(state["attn_weights"]), weights[:, t], atol=1e-5)
 
 
 def test_attention_weights_without_attention_is_a_clear_error():
@@ -264,6 +277,7 @@ def test_gru_variant_reset_before_is_the_papers_gru():
     [
         ({"recurrent_dropout": 0.2}, "model.recurrent_dropout=0.2"),
         ({"gru_variant": "reset_before"}, "model.gru_variant='reset_before'"),
+        ({"attention": "dot", "input_feeding": True}, "model.input_feeding"),
     ],
 )
 def test_settings_without_a_fused_kernel_warn(overrides, setting):
