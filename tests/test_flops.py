@@ -109,7 +109,12 @@ def test_attention_config_count():
     cfg = config.load(REPO / "configs/multi30k_en_de_attention.yaml")
     # Multi30k train, 8000 pieces: 15.7 source and 16.2 target tokens per sentence with EOS.
     count = flops.train_flops_per_target_token(cfg.model, 8000, 15.7, 16.2)
-    assert count == pytest.approx(34.5e6, rel=0.01)
+    assert cfg.model.input_feeding  # a_{t-1} (C = 512) into 3 gates of H' = 512: 6 * 3 * C H'
+    assert count == pytest.approx(34.5e6 + 6 * 3 * 512 * 512, rel=0.01)
+    without = dataclasses.replace(cfg.model, input_feeding=False)
+    assert flops.train_flops_per_target_token(without, 8000, 15.7, 16.2) == pytest.approx(
+        34.5e6, rel=0.01
+    )
 
 
 def test_rejects_empty_targets():
