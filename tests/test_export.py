@@ -263,32 +263,29 @@ def test_cli_export_without_tensorflow_is_one_line(run_dir, tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_input_feeding_run_translates_and_exports(tiny_corpus, tmp_path):
-    """An input-fed decoder trains, and its extra state (the last attention context) goes
-    through beam search and the exported graph like every other leaf."""
+def assert_beam2_export_translates_as_the_run(run_dir: Path, out: Path) -> None:
+    """Exports `run_dir` with beam 2 (beams gather the state, and a narrow one traces fast)
+    and checks the SavedModel translates SENTENCES as the run's Translator does."""
     import tensorflow as tf
 
-    run_dir = tmp_path / "run"
-    settings = ["model.attention=dot", "model.input_feeding=true", "training.max_steps=30"]
-    training.train(tiny_config(tiny_corpus, *settings, "training.learning_rate=0.01"), run_dir)
-    expected = Translator.from_run_dir(run_dir).translate(SENTENCES, beam_size=2)
-    assert sum(bool(t) for t in expected) >= 3  # the comparison is not between empty strings
-    out = tmp_path / "export"
     assert cli.main(["export", str(run_dir), str(out), "--beam-size", "2"]) == 0
     serve = tf.saved_model.load(str(out)).signatures["serving_default"]
     got = serve(sentences=tf.constant(SENTENCES))["translations"].numpy()
+    expected = Translator.from_run_dir(run_dir).translate(SENTENCES, beam_size=2)
     assert [t.decode("utf-8") for t in got] == expected
+    assert sum(bool(t) for t in expected) >= 3  # the comparison is not between empty strings
+
+
+def test_input_feeding_run_translates_and_exports(tiny_corpus, tmp_path):
+    """An input-fed decoder trains, and its extra state (the last attention context) goes
+    through beam search and the exported graph like every other leaf."""
+    run_dir = tmp_path / "run"
+    settings = ["model.attention=dot", "model.input_feeding=true", "training.max_steps=30"]
+    training.train(tiny_config(tiny_corpus, *settings, "training.learning_rate=0.01"), run_dir)
+    assert_beam2_export_translates_as_the_run(run_dir, tmp_path / "export")
 
 
 def test_lstm_run_exports(tiny_lstm_run, tmp_path):
-    """The LSTM's decoder state, (h, c), goes through the traced search like a GRU's (h,)."""
-    import tensorflow as tf
-
-    out = tmp_path / "lstm"
-    # Beam 2 (the run's config says 3): beams gather the state, and a narrow one traces fast.
-    assert cli.main(["export", str(tiny_lstm_run), str(out), "--beam-size", "2"]) == 0
-    serve = tf.saved_model.load(str(out)).signatures["serving_default"]
-    got = serve(sentences=tf.constant(SENTENCES))["translations"].numpy()
-    expected = Translator.from_run_dir(tiny_lstm_run).translate(SENTENCES, beam_size=2)
-    assert [t.decode("utf-8") for t in got] == expected
-    assert sum(bool(t) for t in expected) >= 3  # the comparison is not between empty strings
+    """The LSTM's decoder state, (h, c), goes through the traced search like a GRU's (h,)
+    (the run's config says beam 3)."""
+    assert_beam2_export_translates_as_the_run(tiny_lstm_run, tmp_path / "lstm")
