@@ -256,6 +256,8 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
     translator = Translator.from_run_dir(args.run_dir, args.weights)
     srcs, refs, _ = evaluation.load_data(translator.cfg, None, None, "validation")
     limit = args.max_sentences or len(srcs)
+    # The config's setting is always scored: what tuning stores must beat what was there.
+    configured = (translator.cfg.decoding.beam_size, float(translator.cfg.decoding.length_penalty))
     tuned = evaluation.tune_decoding(
         translator,
         srcs[:limit],
@@ -263,11 +265,12 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
         args.beam_sizes,
         args.length_penalties,
         args.batch_size,
+        baseline=configured,
     )
     tuned["weights"] = args.weights
     run = rundir.RunDir(args.run_dir)
     rundir.write_decoding(run, tuned)
-    _print_grid(tuned)
+    _print_grid(tuned, configured)
     best = tuned["best"]
     print(
         f"stored beam {best['beam_size']}, length penalty {best['length_penalty']:g} "
@@ -277,14 +280,16 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_grid(tuned: dict) -> None:
+def _print_grid(tuned: dict, configured: tuple[int, float]) -> None:
     print(f"validation BLEU, {tuned['sentences']} sentences ({tuned['bleu_signature']})")
-    print(" beam  length penalty    BLEU  sent/s (incl. compiling)")
+    print(" beam  length penalty    BLEU  sent/s (incl. compiling)   * best, c the config's")
     for cell in tuned["grid"]:
-        mark = "  *" if cell == tuned["best"] else ""
+        mark = ("*" if cell == tuned["best"] else "") + (
+            "c" if (cell["beam_size"], cell["length_penalty"]) == configured else ""
+        )
         print(
             f"{cell['beam_size']:5d}  {cell['length_penalty']:14.2f}  {cell['bleu']:6.2f}  "
-            f"{cell['sentences_per_s']:6.1f}{mark}"
+            f"{cell['sentences_per_s']:6.1f}  {mark}".rstrip()
         )
 
 

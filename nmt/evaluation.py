@@ -135,8 +135,12 @@ def tune_decoding(
     beam_sizes: Sequence[int],
     length_penalties: Sequence[float],
     batch_size: int | None = None,
+    baseline: tuple[int, float] | None = None,
 ) -> dict[str, Any]:
     """BLEU and speed of every beam size x length penalty on `srcs`, and the best pair.
+
+    `baseline` (beam size, length penalty) is scored too, outside the product if need be:
+    given the run's configured decoding, the best can never be worse on `srcs` than it.
 
     Returns:
         {"sentences", "bleu_signature", "grid": [{"beam_size", "length_penalty", "bleu",
@@ -148,11 +152,10 @@ def tune_decoding(
     """
     if min(length_penalties) < 0:
         raise NmtError(f"length penalties must be at least 0, got {min(length_penalties)}")
-    grid = [
-        {"beam_size": k, "length_penalty": float(a)}
-        for k in sorted(set(beam_sizes))
-        for a in sorted(set(length_penalties))
-    ]
+    pairs = {(k, float(a)) for k in beam_sizes for a in length_penalties}
+    if baseline is not None:
+        pairs.add((baseline[0], float(baseline[1])))
+    grid = [{"beam_size": k, "length_penalty": a} for k, a in sorted(pairs)]
     for cell in grid:  # every option checked before the first, long, decode
         translator.decoding_options(**cell, n_best=1, batch_size=batch_size)
     for cell in grid:

@@ -30,14 +30,17 @@ def test_table_has_every_cell_and_the_stored_best_is_the_arg_max(tuned):
     run, printed = tuned
     stored = json.loads(run.decoding.read_text())
     cells = [(c["beam_size"], c["length_penalty"]) for c in stored["grid"]]
-    assert cells == [(1, 0.0), (1, 1.0), (2, 0.0), (2, 1.0)]
+    # The grid, and the tiny run's configured beam 3, length penalty 0.6 as a cell of its own.
+    assert cells == [(1, 0.0), (1, 1.0), (2, 0.0), (2, 1.0), (3, 0.6)]
     assert stored["sentences"] == 8 and stored["weights"] == "best"
     best = max(stored["grid"], key=lambda c: c["bleu"])
     assert stored["best"] == best
-    rows = re.findall(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*(\*?)$", printed, re.M)
+    row = r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*(\*?)(c?)$"
+    rows = re.findall(row, printed, re.M)
     assert [(int(k), float(a)) for k, a, *_ in rows] == cells
     assert [float(r[2]) for r in rows] == [c["bleu"] for c in stored["grid"]]
     assert [bool(r[4]) for r in rows] == [c == best for c in stored["grid"]]
+    assert [bool(r[5]) for r in rows] == [False] * 4 + [True]
     expected = f"stored beam {best['beam_size']}, length penalty {best['length_penalty']:g}"
     assert expected in printed and str(run.decoding) in printed
 
@@ -69,7 +72,8 @@ def test_commands_default_to_the_tuned_settings_and_options_win(tuned, tmp_path,
 
 
 def test_best_is_the_first_of_the_highest(monkeypatch):
-    """The arg-max over a grid whose scores the test chooses, ties to the smaller beam."""
+    """The arg-max over a grid whose scores the test chooses, ties to the smaller beam; the
+    baseline cell joins the grid."""
     scores = {(1, 0.0): 10.0, (1, 0.5): 30.0, (4, 0.0): 20.0, (4, 0.5): 30.0}
 
     def fake_evaluate(translator, srcs, refs, decoding):
@@ -84,6 +88,17 @@ def test_best_is_the_first_of_the_highest(monkeypatch):
     tuned = evaluation.tune_decoding(FakeTranslator(), ["a"], ["b"], [4, 1], [0.5, 0.0])
     assert [c["bleu"] for c in tuned["grid"]] == [10.0, 30.0, 20.0, 30.0]
     assert (tuned["best"]["beam_size"], tuned["best"]["length_penalty"]) == (1, 0.5)
+
+    scores[(5, 0.6)] = 31.0  # the baseline, outside the product, scored and chosen
+    tuned = evaluation.tune_decoding(
+        FakeTranslator(), ["a"], ["b"], [4, 1], [0.5, 0.0], None, (5, 0.6)
+    )
+    assert [c["bleu"] for c in tuned["grid"]] == [10.0, 30.0, 20.0, 30.0, 31.0]
+    assert (tuned["best"]["beam_size"], tuned["best"]["length_penalty"]) == (5, 0.6)
+    tuned = evaluation.tune_decoding(
+        FakeTranslator(), ["a"], ["b"], [4, 1], [0.5, 0.0], None, (4, 0)
+    )
+    assert len(tuned["grid"]) == 4  # a baseline inside the product is not scored twice
 
 
 @pytest.mark.parametrize(
