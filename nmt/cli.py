@@ -257,7 +257,7 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
     srcs, refs, _ = evaluation.load_data(translator.cfg, None, None, "validation")
     limit = args.max_sentences or len(srcs)
     # The config's setting is always scored: what tuning stores must beat what was there.
-    configured = (translator.cfg.decoding.beam_size, float(translator.cfg.decoding.length_penalty))
+    configured = (translator.cfg.decoding.beam_size, translator.cfg.decoding.length_penalty)
     tuned = evaluation.tune_decoding(
         translator,
         srcs[:limit],
