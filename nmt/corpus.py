@@ -18,8 +18,9 @@ Empty lines are passed through: the pipeline filters and counts them.
 
 from __future__ import annotations
 
+import fcntl
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -226,9 +227,25 @@ def _multi30k_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
     _import_extra("tensorflow_datasets", "format=multi30k in the tf.data pipeline")
     from nmt.datasets import multi30k  # tfds is slow to import; only needed here
 
-    builder = multi30k.Multi30k(config=name, data_dir=data_cfg.tfds_data_dir or None)
-    builder.download_and_prepare(download_config=multi30k.download_config(local))
+    builder = _prepared(
+        lambda: multi30k.Multi30k(config=name, data_dir=data_cfg.tfds_data_dir or None),
+        multi30k.download_config(local),
+    )
     return _read_split(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
+
+
+def _prepared(make_builder: Callable[[], Any], download_config: Any) -> Any:
+    """A tfds builder made and prepared while holding a lock beside the dataset's folder.
+    Two trainings started together would otherwise both build the dataset, and the slower
+    fails on tfds' final rename ("Destination ... already exists"); the second now waits and
+    then makes its builder (one made earlier would not see the splits written meanwhile)."""
+    versioned = Path(make_builder().data_dir)
+    versioned.parent.mkdir(parents=True, exist_ok=True)
+    with open(versioned.parent / f".{versioned.name}.prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        builder = make_builder()
+        builder.download_and_prepare(download_config=download_config)
+    return builder
 
 
 def _check_multi30k_dir(folder: Path, name: str) -> None:
@@ -250,8 +267,9 @@ def _tfds_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
         raise DataError(f"unknown tfds dataset {data_cfg.tfds_name!r}") from None
     # Features are known before preparing: a wrong language fails before any download.
     _check_languages(builder, data_cfg.src_lang, data_cfg.tgt_lang)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    builder = _prepared(
+        lambda: tfds.builder(data_cfg.tfds_name, data_dir=data_cfg.tfds_data_dir or None),
+        tfds.download.DownloadConfig(try_download_gcs=False),
     )
     return _read_split(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
 

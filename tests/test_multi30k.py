@@ -175,3 +175,36 @@ def test_real_multi30k(multi30k_dir, tmp_path):
 
 def count(dataset) -> int:
     return sum(len(src) for src, _ in dataset.batch(4096).as_numpy_iterator())
+
+
+def test_concurrent_preparations_take_turns(folder, tmp_path, monkeypatch):
+    """Two trainings starting together: the second waits for the first's dataset instead of
+    building its own and failing on tfds' final rename."""
+    import threading
+    import time
+
+    prepare, active, overlaps = multi30k.Multi30k.download_and_prepare, [], []
+
+    def slow_prepare(self, **kwargs):
+        active.append(1)
+        overlaps.append(len(active))
+        time.sleep(0.5)  # long enough for the other thread to arrive meanwhile
+        try:
+            return prepare(self, **kwargs)
+        finally:
+            active.pop()
+
+    monkeypatch.setattr(multi30k.Multi30k, "download_and_prepare", slow_prepare)
+    data_cfg, loaded = cfg(folder, tmp_path / "tfds"), []
+    threads = [
+        threading.Thread(
+            target=lambda: loaded.append(len(list(corpus.load_pairs(data_cfg, "train"))))
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == [1, 1]
+    assert loaded == [5, 5]
