@@ -116,9 +116,10 @@ class TrainingConfig:
     shuffle_buffer: int = 10_000
     learning_rate: float = 1e-3
     # keras.optimizers.schedules: "exponential" = ExponentialDecay(lr_decay_steps, lr_decay_rate),
-    # "cosine" = CosineDecay to 0 over lr_decay_steps after warmup_steps of linear warm-up.
+    # "cosine" = CosineDecay to 0 over lr_decay_steps after warmup_steps of linear warm-up;
+    # lr_decay_steps 0 (cosine only) = all the updates after warm-up, so 0 at the run's end.
     lr_schedule: Literal["constant", "exponential", "cosine"] = "constant"
-    lr_decay_steps: int = 1000
+    lr_decay_steps: int = 0
     lr_decay_rate: float = 0.5
     warmup_steps: int = 0
     clip_norm: float = 1.0
@@ -352,7 +353,7 @@ def _check_values(cfg: Config, prefix: Prefix = lambda name: "") -> None:
         ("training.bucket_width", t.bucket_width, "positive"),
         ("training.shuffle_buffer", t.shuffle_buffer, "at least 1"),
         ("training.learning_rate", t.learning_rate, "at least 0"),
-        ("training.lr_decay_steps", t.lr_decay_steps, "at least 1"),
+        ("training.lr_decay_steps", t.lr_decay_steps, "at least 0"),
         ("training.lr_decay_rate", t.lr_decay_rate, "positive"),
         ("training.warmup_steps", t.warmup_steps, "at least 0"),
         ("training.clip_norm", t.clip_norm, "at least 0"),
@@ -379,6 +380,12 @@ def _check_values(cfg: Config, prefix: Prefix = lambda name: "") -> None:
         raise ConfigError(
             f"{prefix('decoding.n_best')}decoding.n_best ({dec.n_best}) cannot exceed "
             f"decoding.beam_size ({dec.beam_size})"
+        )
+    if t.lr_schedule == "exponential" and not t.lr_decay_steps:
+        raise ConfigError(
+            f"{prefix('training.lr_decay_steps')}training.lr_schedule=exponential multiplies "
+            "the rate by lr_decay_rate every training.lr_decay_steps updates: set it (0, the "
+            "whole run, applies to the cosine schedule)"
         )
     if m.cell != "gru" and m.gru_variant != "reset_after":
         raise ConfigError(

@@ -8,11 +8,13 @@ The run directory's layout and crash consistency live in `nmt.rundir`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +151,15 @@ def _tensorboard(run: RunDir) -> list[keras.callbacks.Callback]:
 
 
 def learning_rate(cfg: TrainingConfig):
-    """The learning rate or a `keras.optimizers.schedules` schedule from the config."""
+    """The learning rate or a `keras.optimizers.schedules` schedule from the config; a
+    cosine schedule over the whole run (`lr_decay_steps: 0`) needs `fit_schedule_to_run`
+    first."""
     schedules = keras.optimizers.schedules
     if cfg.lr_schedule == "exponential":
         return schedules.ExponentialDecay(cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_rate)
     if cfg.lr_schedule == "cosine":
+        if cfg.lr_decay_steps < 1:
+            raise ValueError("lr_decay_steps=0 means the whole run: call fit_schedule_to_run")
         warm = cfg.warmup_steps > 0
         return schedules.CosineDecay(
             0.0 if warm else cfg.learning_rate,
@@ -162,6 +168,34 @@ def learning_rate(cfg: TrainingConfig):
             warmup_steps=cfg.warmup_steps,
         )
     return cfg.learning_rate
+
+
+def fit_schedule_to_run(
+    cfg: TrainingConfig, batches_per_epoch: Callable[[], int]
+) -> TrainingConfig:
+    """`cfg` with a cosine schedule's `lr_decay_steps: 0` replaced by the updates the run
+    makes after warm-up (`epochs` x batches per epoch, or `max_steps` if fewer), so the rate
+    reaches 0 as training ends however long an epoch is. `batches_per_epoch` is called only
+    then: it reads the training split once (bucketing makes the count independent of the
+    shuffle, so every epoch and every resume gets the same schedule)."""
+    if cfg.lr_schedule != "cosine" or cfg.lr_decay_steps:
+        return cfg
+    per_epoch = batches_per_epoch()
+    total = per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    if total <= cfg.warmup_steps:
+        raise ConfigError(
+            f"training.warmup_steps ({cfg.warmup_steps}) leaves nothing of the run's {total} "
+            "updates to decay over; lower it or train longer"
+        )
+    log.info(
+        "cosine schedule over the whole run: %d warm-up + %d decaying updates (%d per epoch)",
+        cfg.warmup_steps,
+        total - cfg.warmup_steps,
+        per_epoch,
+    )
+    return dataclasses.replace(cfg, lr_decay_steps=total - cfg.warmup_steps)
 
 
 def compile_model(model: keras.Model, cfg: TrainingConfig) -> None:
@@ -313,20 +347,25 @@ def _build(cfg: Config, run: RunDir, state: dict[str, Any], cluster: distributio
     policy = resolve_precision(cfg.training.precision)
     keras.mixed_precision.set_global_policy(policy)
     src_tok, tgt_tok = tokenizer.load_tokenizers(run.tokenizer)
-    with cluster.scope():
-        model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
-        compile_model(model, cfg.training)
-        restore(model, run, state)
-        _apply_config_learning_rate(model, cfg.training)
-    if state:
-        log.info("resuming from %s: %s", run.checkpoint, describe_position(state))
-    log.info("%s, %s params, precision %s", cluster.describe(), f"{model.count_params():,}", policy)
 
-    def batches(split: str, epoch: int | None = None, skip: int = 0):
+    def batches(split: str, epoch: int | None = None, skip: int = 0, shard: bool = True):
         made = pipeline.make_batches(
             cfg.data, cfg.training, split, src_tok, tgt_tok, epoch=epoch, skip=skip
         )
-        return cluster.shard(made)
+        return cluster.shard(made) if shard else made
+
+    # Global batches: each one is one update on every worker.
+    train_cfg = fit_schedule_to_run(
+        cfg.training, lambda: sum(1 for _ in batches("train", 0, shard=False))
+    )
+    with cluster.scope():
+        model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)
+        compile_model(model, train_cfg)
+        restore(model, run, state)
+        _apply_config_learning_rate(model, train_cfg)
+    if state:
+        log.info("resuming from %s: %s", run.checkpoint, describe_position(state))
+    log.info("%s, %s params, precision %s", cluster.describe(), f"{model.count_params():,}", policy)
 
     return model, lambda epoch, skip: batches("train", epoch, skip), batches("validation")
 

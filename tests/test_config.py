@@ -208,6 +208,11 @@ def test_file_that_is_not_utf8_or_unreadable(tmp_path, monkeypatch):
         ("training.checkpoint_every=-1", "training.checkpoint_every must be at least 0, got -1"),
         ("training.learning_rate=-0.1", "training.learning_rate must be at least 0"),
         ("training.lr_decay_rate=0", "training.lr_decay_rate must be positive, got 0.0"),
+        ("training.lr_decay_steps=-1", "training.lr_decay_steps must be at least 0, got -1"),
+        (
+            "training.lr_schedule=exponential",
+            "training.lr_schedule=exponential multiplies the rate by lr_decay_rate every",
+        ),
         ("training.shuffle_buffer=0", "training.shuffle_buffer must be at least 1"),
         ("decoding.max_len_a=-1", "decoding.max_len_a must be at least 0"),
         ("decoding.length_penalty=.nan", "decoding.length_penalty must be at least 0, got nan"),

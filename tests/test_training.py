@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from nmt import cli, rundir, training
+from nmt import cli, config, rundir, training
 from nmt.checkpointing import restore
-from nmt.errors import RunDirError
+from nmt.errors import ConfigError, RunDirError
 from nmt.model import build_model
 from nmt.rundir import RunDir
 
@@ -457,3 +457,51 @@ def test_xla_setting_reaches_keras(tiny_corpus, xla, jit_compile):
     model = build_model(cfg.model, 48, 48)
     training.compile_model(model, cfg.training)
     assert model.jit_compile is jit_compile
+
+
+def test_cosine_over_the_whole_run_ends_with_the_last_update(tmp_path, tiny_corpus, caplog):
+    cfg = tiny_config(
+        tiny_corpus, "training.lr_schedule=cosine", "training.warmup_steps=3", "training.epochs=2"
+    )
+    with caplog.at_level("INFO", logger="nmt"):
+        state = training.train(cfg, tmp_path / "run")
+    line = next(r.getMessage() for r in caplog.records if "over the whole run" in r.getMessage())
+    warmup, decay, per_epoch = (int(w) for w in line.replace("(", " ").split() if w.isdigit())
+    assert (warmup, per_epoch * 2) == (3, state["step"])
+    assert warmup + decay == state["step"]
+
+
+@pytest.mark.parametrize(
+    "settings, decay_steps",
+    [
+        ({"epochs": 4, "warmup_steps": 10}, 4 * 25 - 10),
+        ({"epochs": 4, "warmup_steps": 10, "max_steps": 60}, 50),  # max_steps ends it sooner
+        ({"epochs": 4, "max_steps": 1000}, 100),  # ...or the epochs do
+        ({"epochs": 4, "lr_decay_steps": 7}, 7),  # set by the user
+    ],
+)
+def test_fit_schedule_to_run(settings, decay_steps):
+    cfg = config.TrainingConfig(lr_schedule="cosine", **settings)
+    assert training.fit_schedule_to_run(cfg, lambda: 25).lr_decay_steps == decay_steps
+
+
+def test_fit_schedule_to_run_reads_no_data_unless_needed():
+    def unread() -> int:
+        raise AssertionError("counted the batches")
+
+    for cfg in (
+        config.TrainingConfig(lr_schedule="exponential", lr_decay_steps=0),
+        config.TrainingConfig(lr_schedule="cosine", lr_decay_steps=500),
+    ):
+        assert training.fit_schedule_to_run(cfg, unread) == cfg
+
+
+def test_warmup_as_long_as_the_run_is_refused():
+    cfg = config.TrainingConfig(lr_schedule="cosine", warmup_steps=50, epochs=2)
+    with pytest.raises(ConfigError, match=r"warmup_steps \(50\) leaves nothing of the run's 50"):
+        training.fit_schedule_to_run(cfg, lambda: 25)
+
+
+def test_an_unfitted_whole_run_schedule_is_a_programming_error():
+    with pytest.raises(ValueError, match="fit_schedule_to_run"):
+        training.learning_rate(config.TrainingConfig(lr_schedule="cosine"))
