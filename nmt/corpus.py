@@ -227,19 +227,22 @@ def _multi30k_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
     _import_extra("tensorflow_datasets", "format=multi30k in the tf.data pipeline")
     from nmt.datasets import multi30k  # tfds is slow to import; only needed here
 
-    builder = _prepared(
-        lambda: multi30k.Multi30k(config=name, data_dir=data_cfg.tfds_data_dir or None),
-        multi30k.download_config(local),
-    )
+    def make() -> Any:
+        return multi30k.Multi30k(config=name, data_dir=data_cfg.tfds_data_dir or None)
+
+    builder = _prepared(make(), make, multi30k.download_config(local))
     return _read_split(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
 
 
-def _prepared(make_builder: Callable[[], Any], download_config: Any) -> Any:
-    """A tfds builder made and prepared while holding a lock beside the dataset's folder.
-    Two trainings started together would otherwise both build the dataset, and the slower
-    fails on tfds' final rename ("Destination ... already exists"); the second now waits and
-    then makes its builder (one made earlier would not see the splits written meanwhile)."""
-    versioned = Path(make_builder().data_dir)
+def _prepared(builder: Any, make_builder: Callable[[], Any], download_config: Any) -> Any:
+    """`builder` if its dataset is built (its folder may be read-only), else a builder made
+    and prepared while holding a lock beside that folder. Two trainings started together
+    would otherwise both build the dataset, and the slower fails on tfds' final rename
+    ("Destination ... already exists"); the second now waits, then makes its builder anew
+    (the earlier one would not see the splits written meanwhile)."""
+    versioned = Path(builder.data_dir)
+    if (versioned / "dataset_info.json").is_file():  # tfds renames a finished build here
+        return builder
     versioned.parent.mkdir(parents=True, exist_ok=True)
     with open(versioned.parent / f".{versioned.name}.prepare.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
@@ -268,6 +271,7 @@ def _tfds_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
     # Features are known before preparing: a wrong language fails before any download.
     _check_languages(builder, data_cfg.src_lang, data_cfg.tgt_lang)
     builder = _prepared(
+        builder,
         lambda: tfds.builder(data_cfg.tfds_name, data_dir=data_cfg.tfds_data_dir or None),
         tfds.download.DownloadConfig(try_download_gcs=False),
     )

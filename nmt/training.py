@@ -177,18 +177,22 @@ def fit_schedule_to_run(
     makes after warm-up (`epochs` x batches per epoch, or `max_steps` if fewer), so the rate
     reaches 0 as training ends however long an epoch is. `batches_per_epoch` is called only
     then: it reads the training split once (bucketing makes the count independent of the
-    shuffle, so every epoch and every resume gets the same schedule)."""
+    shuffle, so every epoch gets the same count). A resumed run recounts: raise `epochs` or
+    `max_steps` and the schedule stretches to the new end."""
     if cfg.lr_schedule != "cosine" or cfg.lr_decay_steps:
         return cfg
     per_epoch = batches_per_epoch()
     total = per_epoch * cfg.epochs
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
-    if total <= cfg.warmup_steps:
-        raise ConfigError(
-            f"training.warmup_steps ({cfg.warmup_steps}) leaves nothing of the run's {total} "
-            "updates to decay over; lower it or train longer"
+    if total <= cfg.warmup_steps:  # a short trial or debug run: it ends while warming up
+        log.warning(
+            "training.warmup_steps (%d) is not shorter than the run (%d updates): the rate "
+            "never decays",
+            cfg.warmup_steps,
+            total,
         )
+        return dataclasses.replace(cfg, lr_decay_steps=1)
     log.info(
         "cosine schedule over the whole run: %d warm-up + %d decaying updates (%d per epoch)",
         cfg.warmup_steps,
@@ -356,7 +360,8 @@ def _build(cfg: Config, run: RunDir, state: dict[str, Any], cluster: distributio
 
     # Global batches: each one is one update on every worker.
     train_cfg = fit_schedule_to_run(
-        cfg.training, lambda: sum(1 for _ in batches("train", 0, shard=False))
+        cfg.training,
+        lambda: sum(1 for _ in batches("train", shard=False)),  # unshuffled
     )
     with cluster.scope():
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)

@@ -54,6 +54,7 @@ JoeyNMT peer (../shared/peers/joeynmt/run.sh, ~8 min) and reports ours/JoeyNMT f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -445,7 +446,9 @@ def measure(config_path: str, precision: str, batch: int | None, args: argparse.
     else:
         feed, shapes, vocab = real_input(cfg, n_steps, args.prep_dir)
     model = build_model(cfg.model, *vocab)
-    training.compile_model(model, cfg.training)
+    # The measured steps are the whole run (one epoch of n_steps batches).
+    one_epoch = dataclasses.replace(cfg.training, epochs=1, max_steps=0)
+    training.compile_model(model, training.fit_schedule_to_run(one_epoch, lambda: n_steps))
     timer = GroupTimer(args.warmup, args.group)
     callback = keras.callbacks.LambdaCallback(on_train_batch_end=timer.on_train_batch_end)
     memory = reset_peak_rss()

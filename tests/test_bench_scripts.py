@@ -70,3 +70,19 @@ def test_matmul_peak_is_the_best_square_per_dtype():
     squares = [r["gflops"] for r in result["rows"] if r["shape"].startswith("square")]
     assert len(result["rows"]) == 2 + len(bench_matmul.MODEL_SHAPES)
     assert result["peak_gflops"] == {"float32": max(squares)} and max(squares) > 0
+
+
+def test_bench_train_measures_a_whole_run_cosine_config():
+    """The shipped configs' cosine schedule spans the run (`lr_decay_steps: 0`): the
+    throughput benchmark fits it to its own steps instead of failing to compile."""
+    import argparse
+
+    import bench_train
+
+    sizes = ["model.embedding_dim=16", "model.encoder_units=16", "model.decoder_units=32"]
+    args = argparse.Namespace(
+        multi30k_dir="unused", overrides=sizes, warmup=2, steps=4, group=2, synthetic=True
+    )
+    config = str(Path(__file__).resolve().parents[1] / "configs/multi30k_en_de.yaml")
+    row = bench_train.measure(config, "float32", None, args)
+    assert row["precision"] == "float32"

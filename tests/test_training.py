@@ -13,7 +13,7 @@ import pytest
 
 from nmt import cli, config, rundir, training
 from nmt.checkpointing import restore
-from nmt.errors import ConfigError, RunDirError
+from nmt.errors import RunDirError
 from nmt.model import build_model
 from nmt.rundir import RunDir
 
@@ -459,16 +459,20 @@ def test_xla_setting_reaches_keras(tiny_corpus, xla, jit_compile):
     assert model.jit_compile is jit_compile
 
 
-def test_cosine_over_the_whole_run_ends_with_the_last_update(tmp_path, tiny_corpus, caplog):
+def test_cosine_over_the_whole_run_ends_with_the_last_update(tmp_path, tiny_corpus, monkeypatch):
+    compiled = []
+    compile_model = training.compile_model
+    monkeypatch.setattr(
+        training,
+        "compile_model",
+        lambda model, cfg: (compiled.append(cfg), compile_model(model, cfg)),
+    )
     cfg = tiny_config(
         tiny_corpus, "training.lr_schedule=cosine", "training.warmup_steps=3", "training.epochs=2"
     )
-    with caplog.at_level("INFO", logger="nmt"):
-        state = training.train(cfg, tmp_path / "run")
-    line = next(r.getMessage() for r in caplog.records if "over the whole run" in r.getMessage())
-    warmup, decay, per_epoch = (int(w) for w in line.replace("(", " ").split() if w.isdigit())
-    assert (warmup, per_epoch * 2) == (3, state["step"])
-    assert warmup + decay == state["step"]
+    state = training.train(cfg, tmp_path / "run")
+    assert cfg.training.lr_decay_steps == 0
+    assert compiled[0].warmup_steps + compiled[0].lr_decay_steps == state["step"] > 3
 
 
 @pytest.mark.parametrize(
@@ -496,10 +500,13 @@ def test_fit_schedule_to_run_reads_no_data_unless_needed():
         assert training.fit_schedule_to_run(cfg, unread) == cfg
 
 
-def test_warmup_as_long_as_the_run_is_refused():
-    cfg = config.TrainingConfig(lr_schedule="cosine", warmup_steps=50, epochs=2)
-    with pytest.raises(ConfigError, match=r"warmup_steps \(50\) leaves nothing of the run's 50"):
-        training.fit_schedule_to_run(cfg, lambda: 25)
+def test_a_run_inside_the_warmup_is_trained_with_a_warning(caplog):
+    cfg = config.TrainingConfig(lr_schedule="cosine", warmup_steps=200, max_steps=100)
+    with caplog.at_level("WARNING", logger="nmt"):
+        fitted = training.fit_schedule_to_run(cfg, lambda: 456)
+    assert "warmup_steps (200) is not shorter than the run (100 updates)" in caplog.text
+    assert fitted.lr_decay_steps == 1
+    training.learning_rate(fitted)  # a valid schedule
 
 
 def test_an_unfitted_whole_run_schedule_is_a_programming_error():
