@@ -79,6 +79,9 @@ class ModelConfig:
     # Width of the maxout readout after pooling (pool size 2).
     maxout_units: int = 256
     dropout: float = 0.3
+    # Share of whole source and target tokens whose embedding is zeroed in training (word
+    # dropout, Gal & Ghahramani 2016; Sennrich et al. 2016), on top of `dropout`.
+    word_dropout: float = 0.0
     # Recurrent dropout disables the fused (cuDNN) GRU kernel; keep 0 unless needed.
     recurrent_dropout: float = 0.0
     # The recurrent unit of encoder and decoder: "gru" (Cho et al.) or "lstm" (four gates
@@ -344,6 +347,7 @@ def _check_values(cfg: Config, prefix: Prefix = lambda name: "") -> None:
         ("model.decoder_units", m.decoder_units, "positive"),
         ("model.maxout_units", m.maxout_units, "positive"),
         ("model.dropout", m.dropout, "in [0, 1)"),
+        ("model.word_dropout", m.word_dropout, "in [0, 1)"),
         ("model.recurrent_dropout", m.recurrent_dropout, "in [0, 1)"),
         ("training.seed", t.seed, "at least 0"),
         ("training.epochs", t.epochs, "at least 1"),

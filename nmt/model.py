@@ -104,6 +104,13 @@ def _check_cell(cell: str, gru_variant: str) -> None:
         raise ValueError(f"unknown gru_variant {gru_variant!r}; choose one of {GRU_VARIANTS}")
 
 
+def _word_dropout(rate: float, policy: Any) -> keras.layers.Layer:
+    """Drops whole tokens: one mask value per (sentence, position), shared by all features."""
+    return keras.layers.Dropout(
+        rate, noise_shape=(None, None, 1), name="word_dropout", dtype=policy
+    )
+
+
 def _rnn(
     cell: str,
     gru_variant: str,
@@ -367,18 +374,21 @@ class Encoder(keras.layers.Layer):
         recurrent_dropout: float = 0.0,
         cell: str = "gru",
         gru_variant: str = "reset_after",
+        word_dropout: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.vocab_size, self.embedding_dim, self.units = vocab_size, embedding_dim, units
         self.num_layers, self.bidirectional = num_layers, bidirectional
         self.dropout_rate, self.recurrent_dropout = dropout, recurrent_dropout
+        self.word_dropout_rate = word_dropout
         self.cell, self.gru_variant = cell, gru_variant
         policy = self.dtype_policy
         self.embedding = keras.layers.Embedding(
             vocab_size, embedding_dim, name="embedding", dtype=policy
         )
         self.dropout = keras.layers.Dropout(dropout, name="dropout", dtype=policy)
+        self.word_dropout = _word_dropout(word_dropout, policy)
         self.rnns = [self._make_rnn(i) for i in range(num_layers)]
         self.context_proj = keras.layers.Dense(
             self.output_dim, activation="tanh", name="context", dtype=policy
@@ -418,7 +428,8 @@ class Encoder(keras.layers.Layer):
             `(batch, src_len)` bool and `context` `(batch, enc_dim)`.
         """
         mask = source_mask(src_ids)
-        x = self.dropout(self.embedding(src_ids), training=training)
+        x = self.word_dropout(self.embedding(src_ids), training=training)
+        x = self.dropout(x, training=training)
         for index, rnn in enumerate(self.rnns):
             if index > 0:
                 x = self.dropout(x, training=training)
@@ -441,6 +452,7 @@ class Encoder(keras.layers.Layer):
             "recurrent_dropout": self.recurrent_dropout,
             "cell": self.cell,
             "gru_variant": self.gru_variant,
+            "word_dropout": self.word_dropout_rate,
         }
 
 
@@ -468,6 +480,7 @@ class Decoder(keras.layers.Layer):
         cell: str = "gru",
         gru_variant: str = "reset_after",
         input_feeding: bool = False,
+        word_dropout: float = 0.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -484,6 +497,7 @@ class Decoder(keras.layers.Layer):
         self.tie_embeddings = tie_embeddings
         self.cell, self.gru_variant = cell, gru_variant
         self.input_feeding = input_feeding
+        self.word_dropout_rate = word_dropout
         self._make_layers()
 
     @property
@@ -508,6 +522,7 @@ class Decoder(keras.layers.Layer):
                 self.vocab_size, self.embedding_dim, name="embedding", dtype=policy
             )
         self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout", dtype=policy)
+        self.word_dropout = _word_dropout(self.word_dropout_rate, policy)
         self.init_proj = keras.layers.Dense(
             self.units, activation="tanh", name="init_state", dtype=policy
         )
@@ -594,7 +609,8 @@ class Decoder(keras.layers.Layer):
             `logits` float32 `(batch, tgt_len, vocab)`, and with `return_attention`
             `attention` float32 `(batch, tgt_len, src_len)`.
         """
-        emb = self.dropout(self.embedding(tgt_in_ids), training=training)
+        emb = self.word_dropout(self.embedding(tgt_in_ids), training=training)
+        emb = self.dropout(emb, training=training)
         source = state[SOURCE]
         outputs = {}
         attn_context = weights = None
@@ -714,6 +730,7 @@ class Decoder(keras.layers.Layer):
             "cell": self.cell,
             "gru_variant": self.gru_variant,
             "input_feeding": self.input_feeding,
+            "word_dropout": self.word_dropout_rate,
         }
 
 
@@ -757,6 +774,7 @@ class Seq2Seq(keras.Model):
             recurrent_dropout=cfg.recurrent_dropout,
             cell=cfg.cell,
             gru_variant=cfg.gru_variant,
+            word_dropout=cfg.word_dropout,
             name="encoder",
             dtype=self.dtype_policy,
         )
@@ -774,6 +792,7 @@ class Seq2Seq(keras.Model):
             cell=cfg.cell,
             gru_variant=cfg.gru_variant,
             input_feeding=cfg.input_feeding,
+            word_dropout=cfg.word_dropout,
             name="decoder",
             dtype=self.dtype_policy,
         )
