@@ -82,6 +82,8 @@ def test_bad_values():
         config.load(None, ["decoding.n_best=6"])
     with pytest.raises(ConfigError, match="model.dropout"):
         config.load(None, ["model.dropout=1.5"])
+    with pytest.raises(ConfigError, match=r"model.word_dropout must be in \[0, 1\)"):
+        config.load(None, ["model.word_dropout=1.0"])
     with pytest.raises(ConfigError, match="vocab_size must be positive"):
         config.load(None, ["tokenizer.vocab_size=0"])
     with pytest.raises(ConfigError, match="training.xla.*'auto', 'always', 'never'"):

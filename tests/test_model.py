@@ -195,6 +195,22 @@ def test_input_feeding_decode_step_matches_teacher_forcing(tmp_path, attention, 
     np.testing.assert_array_equal(np_(keras.saving.load_model(path)((SRC, TGT_IN))), teacher)
 
 
+def test_word_dropout_drops_whole_tokens_in_training_only():
+    model = make(tiny(dropout=0.0, word_dropout=0.5))
+    ids = np.full((64, 32), 5, dtype="int32")
+    for layer in (model.encoder, model.decoder):
+        embedded = np_(layer.embedding(ids))
+        dropped = np_(layer.word_dropout(embedded, training=True))
+        zeroed = (dropped == 0).all(axis=-1)
+        # Every token is either gone entirely or kept whole, scaled by 1 / (1 - rate).
+        np.testing.assert_allclose(dropped[~zeroed], 2 * embedded[~zeroed], rtol=1e-6)
+        assert 0.4 < zeroed.mean() < 0.6
+    # No weights of its own and no effect at inference: the same logits as without it.
+    plain = make(tiny(dropout=0.0))
+    plain.set_weights(model.get_weights())
+    np.testing.assert_array_equal(np_(model((SRC, TGT_IN))), np_(plain((SRC, TGT_IN))))
+
+
 def test_input_feeding_without_attention_or_with_recurrent_dropout_is_rejected():
     with pytest.raises(ValueError, match="input_feeding needs attention"):
         make(tiny(attention="none", input_feeding=True))
