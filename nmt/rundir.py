@@ -4,7 +4,7 @@ A run directory holds everything a run needs and makes:
 
     config.yaml                  the resolved config (with its format version)
     tokenizer/                   SentencePiece models and settings.json (how, and checksums)
-    data_stats.json              filtered-pair counts per split
+    data_stats.json              filtered-pair counts per split, training batches per epoch
     checkpoint/state.json        the training state: the commit point of every checkpoint
     checkpoint/ckpt-STEP.weights.h5   the last checkpoints (weights + optimizer state): state.json
                                  lists the `training.keep_checkpoints` latest as "kept"

@@ -177,7 +177,7 @@ def fit_schedule_to_run(
     makes after warm-up (`epochs` x batches per epoch, or `max_steps` if fewer), so the rate
     reaches 0 as training ends however long an epoch is. `batches_per_epoch` is called only
     then: it reads the training split once (bucketing makes the count independent of the
-    shuffle, so every epoch gets the same count). A resumed run recounts: raise `epochs` or
+    shuffle, so every epoch gets the same count). A resumed run refits: raise `epochs` or
     `max_steps` and the schedule stretches to the new end."""
     if cfg.lr_schedule != "cosine" or cfg.lr_decay_steps:
         return cfg
@@ -317,6 +317,21 @@ def _batch_order(cfg: Config) -> dict[str, Any]:
     }
 
 
+def _batches_per_epoch(cfg: Config, run: RunDir, count: Callable[[], int], write: bool) -> int:
+    """`count()`, remembered in `data_stats.json` with the batch order it was counted for:
+    a resumed run does not read the training split again just to size its schedule."""
+    stats = json.loads(run.stats.read_text()) if run.stats.exists() else {}
+    remembered = stats.get("batches_per_epoch", {})
+    order = json.loads(json.dumps(_batch_order(cfg)))  # as it reads back from the file
+    if remembered.get("batch_order") == order:
+        return remembered["count"]
+    batches = count()
+    if write:
+        stats["batches_per_epoch"] = {"batch_order": order, "count": batches}
+        rundir.atomic_write(run.stats, json.dumps(stats))
+    return batches
+
+
 def _resumable_state(cfg: Config, state: dict[str, Any]) -> dict[str, Any]:
     """The committed state, checked against the config it resumes with.
 
@@ -361,7 +376,12 @@ def _build(cfg: Config, run: RunDir, state: dict[str, Any], cluster: distributio
     # Global batches: each one is one update on every worker.
     train_cfg = fit_schedule_to_run(
         cfg.training,
-        lambda: sum(1 for _ in batches("train", shard=False)),  # unshuffled
+        lambda: _batches_per_epoch(
+            cfg,
+            run,
+            lambda: sum(1 for _ in batches("train", shard=False)),  # unshuffled
+            write=cluster.is_chief,
+        ),
     )
     with cluster.scope():
         model = build_model(cfg.model, src_tok.vocab_size, tgt_tok.vocab_size)

@@ -500,6 +500,23 @@ def test_fit_schedule_to_run_reads_no_data_unless_needed():
         assert training.fit_schedule_to_run(cfg, unread) == cfg
 
 
+def test_the_batch_count_is_remembered_for_its_batch_order(tmp_path):
+    run, counted = RunDir(tmp_path), []
+
+    def count() -> int:
+        counted.append(1)
+        return 25
+
+    cfg = config.load(None, [])
+    assert training._batches_per_epoch(cfg, run, count, write=True) == 25
+    assert training._batches_per_epoch(cfg, run, count, write=True) == 25  # resumed: no pass
+    assert len(counted) == 1
+    bigger = config.load(None, ["training.batch_size=128"])
+    training._batches_per_epoch(bigger, run, count, write=False)  # a non-chief worker
+    training._batches_per_epoch(bigger, run, count, write=True)
+    assert len(counted) == 3
+
+
 def test_a_run_inside_the_warmup_is_trained_with_a_warning(caplog):
     cfg = config.TrainingConfig(lr_schedule="cosine", warmup_steps=200, max_steps=100)
     with caplog.at_level("WARNING", logger="nmt"):
