@@ -11,6 +11,8 @@ Shapes follow the paper (section 2.2 and appendix A):
 - Decoder: `h'_0 = tanh(V' c)`; the GRU reads `[e(y_{t-1}); c]` at every step.
 - Readout: `s_t = O_h h'_t + O_y e(y_{t-1}) + O_c c (+ O_a a_t)`, maxout with pool 2,
   dropout, then a float32 projection to the target vocabulary.
+- Dropout (training only) on both embeddings, between stacked encoder layers and after the
+  maxout; `model.word_dropout` also zeroes whole tokens of both embeddings first.
 
 Optional attention (`additive`, `dot`, `general`) is computed *after* the decoder GRU over
 all encoder states, so teacher-forced training still runs the decoder GRU over the whole
