@@ -176,7 +176,7 @@ def fit_schedule_to_run(
     """`cfg` with a cosine schedule's `lr_decay_steps: 0` replaced by the updates the run
     makes after warm-up (`epochs` x batches per epoch, or `max_steps` if fewer), so the rate
     reaches 0 as training ends however long an epoch is. `batches_per_epoch` is called only
-    then: it reads the training split once (bucketing makes the count independent of the
+    then: it reads the training split once per run directory (bucketing makes the count independent of the
     shuffle, so every epoch gets the same count). A resumed run refits: raise `epochs` or
     `max_steps` and the schedule stretches to the new end."""
     if cfg.lr_schedule != "cosine" or cfg.lr_decay_steps:
@@ -318,11 +318,16 @@ def _batch_order(cfg: Config) -> dict[str, Any]:
 
 
 def _batches_per_epoch(cfg: Config, run: RunDir, count: Callable[[], int], write: bool) -> int:
-    """`count()`, remembered in `data_stats.json` with the batch order it was counted for:
-    a resumed run does not read the training split again just to size its schedule."""
+    """`count()`, remembered in `data_stats.json` with the batch order and SentencePiece
+    models it was counted for (token lengths decide the length filter and the buckets): a
+    resumed run does not read the training split again just to size its schedule."""
+    from nmt import tokenizer
+
     stats = json.loads(run.stats.read_text()) if run.stats.exists() else {}
     remembered = stats.get("batches_per_epoch", {})
-    order = json.loads(json.dumps(_batch_order(cfg)))  # as it reads back from the file
+    pieces = tokenizer.read_settings(run.tokenizer).get("sha256", {})
+    order = {**_batch_order(cfg), "tokenizer": pieces}
+    order = json.loads(json.dumps(order))  # as it reads back from the file
     if remembered.get("batch_order") == order:
         return remembered["count"]
     batches = count()

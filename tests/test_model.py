@@ -209,6 +209,13 @@ def test_word_dropout_drops_whole_tokens_in_training_only():
     plain = make(tiny(dropout=0.0))
     plain.set_weights(model.get_weights())
     np.testing.assert_array_equal(np_(model((SRC, TGT_IN))), np_(plain((SRC, TGT_IN))))
+    # In training both sides drop: freezing either leaves the logits different still.
+    for side in (model.encoder, model.decoder):
+        other = model.decoder if side is model.encoder else model.encoder
+        other.word_dropout.rate = 0.0
+        side.word_dropout.rate = 0.5
+        trained = np_(model((SRC, TGT_IN), training=True))
+        assert not np.allclose(trained, np_(plain((SRC, TGT_IN), training=True)))
 
 
 def test_input_feeding_without_attention_or_with_recurrent_dropout_is_rejected():

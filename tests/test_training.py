@@ -515,6 +515,11 @@ def test_the_batch_count_is_remembered_for_its_batch_order(tmp_path):
     training._batches_per_epoch(bigger, run, count, write=False)  # a non-chief worker
     training._batches_per_epoch(bigger, run, count, write=True)
     assert len(counted) == 3
+    # SentencePiece models retrained (tokenizer/ deleted, another vocab_size): count again
+    run.tokenizer.mkdir(parents=True)
+    (run.tokenizer / "settings.json").write_text(json.dumps({"sha256": {"spm.model": "0f"}}))
+    training._batches_per_epoch(bigger, run, count, write=True)
+    assert len(counted) == 4
 
 
 def test_a_run_inside_the_warmup_is_trained_with_a_warning(caplog):
