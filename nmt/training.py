@@ -176,9 +176,9 @@ def fit_schedule_to_run(
     """`cfg` with a cosine schedule's `lr_decay_steps: 0` replaced by the updates the run
     makes after warm-up (`epochs` x batches per epoch, or `max_steps` if fewer), so the rate
     reaches 0 as training ends however long an epoch is. `batches_per_epoch` is called only
-    then: it reads the training split once per run directory (bucketing makes the count independent of the
-    shuffle, so every epoch gets the same count). A resumed run refits: raise `epochs` or
-    `max_steps` and the schedule stretches to the new end."""
+    then: it reads the training split once per run directory (bucketing makes the count
+    independent of the shuffle, so every epoch gets the same count). A resumed run refits:
+    raise `epochs` or `max_steps` and the schedule stretches to the new end."""
     if cfg.lr_schedule != "cosine" or cfg.lr_decay_steps:
         return cfg
     per_epoch = batches_per_epoch()
