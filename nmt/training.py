@@ -106,6 +106,8 @@ def _ensure_tokenizers(cfg: Config, run: RunDir) -> None:
     log.info(
         "training SentencePiece (%s, %d pieces)", cfg.tokenizer.model_type, cfg.tokenizer.vocab_size
     )
+    # data_stats.json's pair and batch counts were taken in the old models' pieces.
+    run.stats.unlink(missing_ok=True)
     start = time.perf_counter()
     src = (s for s, _ in corpus.iter_pairs(cfg.data, "train"))
     tgt = (t for _, t in corpus.iter_pairs(cfg.data, "train"))
@@ -318,16 +320,12 @@ def _batch_order(cfg: Config) -> dict[str, Any]:
 
 
 def _batches_per_epoch(cfg: Config, run: RunDir, count: Callable[[], int], write: bool) -> int:
-    """`count()`, remembered in `data_stats.json` with the batch order and SentencePiece
-    models it was counted for (token lengths decide the length filter and the buckets): a
-    resumed run does not read the training split again just to size its schedule."""
-    from nmt import tokenizer
-
+    """`count()`, remembered in `data_stats.json` with the batch order it was counted for
+    (new SentencePiece models delete the file): a resumed run does not read the training
+    split again just to size its schedule."""
     stats = json.loads(run.stats.read_text()) if run.stats.exists() else {}
     remembered = stats.get("batches_per_epoch", {})
-    pieces = tokenizer.read_settings(run.tokenizer).get("sha256", {})
-    order = {**_batch_order(cfg), "tokenizer": pieces}
-    order = json.loads(json.dumps(order))  # as it reads back from the file
+    order = json.loads(json.dumps(_batch_order(cfg)))  # as it reads back from the file
     if remembered.get("batch_order") == order:
         return remembered["count"]
     batches = count()

@@ -210,8 +210,7 @@ def test_word_dropout_drops_whole_tokens_in_training_only():
     plain.set_weights(model.get_weights())
     np.testing.assert_array_equal(np_(model((SRC, TGT_IN))), np_(plain((SRC, TGT_IN))))
     # In training both sides drop: freezing either leaves the logits different still.
-    for side in (model.encoder, model.decoder):
-        other = model.decoder if side is model.encoder else model.encoder
+    for side, other in ((model.encoder, model.decoder), (model.decoder, model.encoder)):
         other.word_dropout.rate = 0.0
         side.word_dropout.rate = 0.5
         trained = np_(model((SRC, TGT_IN), training=True))

@@ -425,6 +425,16 @@ def test_stale_tokenizer_settings_are_refused(tmp_path, tiny_corpus):
         training.prepare(tiny_config(tiny_corpus, "tokenizer.vocab_size=40"), run_dir)
     # The same settings reuse the models (and print the cached counts).
     assert training.prepare(tiny_config(tiny_corpus), run_dir)["train"]["kept"] == 400
+    # Deleted and retrained as the error says: the counts taken in the old pieces go too.
+    run = RunDir(run_dir)
+    stats = json.loads(run.stats.read_text())
+    stats["counts"]["train"]["kept"] = -1
+    stats["batches_per_epoch"] = {"batch_order": {}, "count": -1}
+    run.stats.write_text(json.dumps(stats))
+    shutil.rmtree(run.tokenizer)
+    retrained = tiny_config(tiny_corpus, "tokenizer.vocab_size=40")
+    assert training.prepare(retrained, run_dir)["train"]["kept"] == 400
+    assert "batches_per_epoch" not in json.loads(run.stats.read_text())
 
 
 def test_fp16_overflow_is_skipped_by_loss_scaling_not_reported_as_divergence(
@@ -515,11 +525,6 @@ def test_the_batch_count_is_remembered_for_its_batch_order(tmp_path):
     training._batches_per_epoch(bigger, run, count, write=False)  # a non-chief worker
     training._batches_per_epoch(bigger, run, count, write=True)
     assert len(counted) == 3
-    # SentencePiece models retrained (tokenizer/ deleted, another vocab_size): count again
-    run.tokenizer.mkdir(parents=True)
-    (run.tokenizer / "settings.json").write_text(json.dumps({"sha256": {"spm.model": "0f"}}))
-    training._batches_per_epoch(bigger, run, count, write=True)
-    assert len(counted) == 4
 
 
 def test_a_run_inside_the_warmup_is_trained_with_a_warning(caplog):
