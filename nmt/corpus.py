@@ -114,15 +114,23 @@ def iter_pairs(data_cfg: DataConfig, split: str) -> Iterator[tuple[str, str]]:
             and unknown splits at once, the rest while iterating.
     """
     name = split_name(data_cfg, split)
-    if data_cfg.format == "files":
-        return iter_aligned(*pair_paths(name, data_cfg.src_lang, data_cfg.tgt_lang))
+    if paths := _aligned_paths(data_cfg, name):
+        return iter_aligned(*paths)
     if data_cfg.format == "tsv":
         return iter_tsv(name)
     if data_cfg.format == "multi30k":
-        if config_lib.multi30k_dir(data_cfg):
-            return iter_aligned(*_multi30k_paths(data_cfg, name))
         _import_extra("tensorflow_datasets", _MULTI30K_DOWNLOAD)
     return _decoded(load_pairs(data_cfg, split))
+
+
+def _aligned_paths(data_cfg: DataConfig, name: str) -> tuple[Path, Path] | None:
+    """The source and target files of split `name` when the corpus is a pair of text files
+    (format `files`, or `multi30k` from a local folder); None for `tsv` and tfds datasets."""
+    if data_cfg.format == "files":
+        return pair_paths(name, data_cfg.src_lang, data_cfg.tgt_lang)
+    if data_cfg.format == "multi30k" and config_lib.multi30k_dir(data_cfg):
+        return _multi30k_paths(data_cfg, name)
+    return None
 
 
 def _multi30k_paths(data_cfg: DataConfig, split: str) -> tuple[Path, Path]:
@@ -143,12 +151,10 @@ def check_split(data_cfg: DataConfig, split: str) -> None:
             datasets (format `tfds`, a downloaded Multi30k) are not checked again.
     """
     name = split_name(data_cfg, split)
-    if data_cfg.format == "files":
-        _validate_aligned(*pair_paths(name, data_cfg.src_lang, data_cfg.tgt_lang))
+    if paths := _aligned_paths(data_cfg, name):
+        _validate_aligned(*paths)
     elif data_cfg.format == "tsv":
         _validate(Path(name), "tsv")
-    elif data_cfg.format == "multi30k" and config_lib.multi30k_dir(data_cfg):
-        _validate_aligned(*_multi30k_paths(data_cfg, name))
 
 
 def _decoded(dataset: tf.data.Dataset) -> Iterator[tuple[str, str]]:
@@ -178,9 +184,10 @@ def load_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
         return _tfds_pairs(data_cfg, name)
     tf = _import_extra("tensorflow", "the tf.data input pipeline")
     check_split(data_cfg, split)
-    if data_cfg.format == "files":
-        src_path, tgt_path = pair_paths(name, data_cfg.src_lang, data_cfg.tgt_lang)
-        return tf.data.Dataset.zip(_text_lines(src_path), _text_lines(tgt_path))
+    # A local Multi30k folder is read straight from its files too: the tfds build of it
+    # would be cached by language pair only, and keep serving the first folder it read.
+    if paths := _aligned_paths(data_cfg, name):
+        return tf.data.Dataset.zip(*(_text_lines(path) for path in paths))
     if data_cfg.format == "tsv":
         return _text_lines(Path(name)).map(_split_tab, num_parallel_calls=tf.data.AUTOTUNE)
     return _multi30k_pairs(data_cfg, name)
@@ -220,17 +227,17 @@ def _validate(path: Path, kind: str) -> int:
 
 
 def _multi30k_pairs(data_cfg: DataConfig, split: str) -> tf.data.Dataset:
-    """Prepares (once per tfds data_dir) and loads the bundled Multi30k builder."""
+    """Downloads and prepares (once per tfds data_dir) and loads the bundled Multi30k
+    builder: the route without a local folder."""
     name = multi30k_layout.config_name(data_cfg.src_lang, data_cfg.tgt_lang)
     multi30k_layout.split_stem(split)  # an unknown split fails before any download
-    local = config_lib.multi30k_dir(data_cfg)  # checked by `check_split` when set
-    _import_extra("tensorflow_datasets", "format=multi30k in the tf.data pipeline")
+    _import_extra("tensorflow_datasets", _MULTI30K_DOWNLOAD)
     from nmt.datasets import multi30k  # tfds is slow to import; only needed here
 
     def make() -> Any:
         return multi30k.Multi30k(config=name, data_dir=data_cfg.tfds_data_dir or None)
 
-    builder = _prepared(make(), make, multi30k.download_config(local))
+    builder = _prepared(make(), make, multi30k.download_config())
     return _read_split(builder, split, data_cfg.src_lang, data_cfg.tgt_lang)
 
 

@@ -1,17 +1,17 @@
 """Benchmark: SentencePiece training time and tf.data pipeline throughput on Multi30k train.
 
     .venv/bin/python scripts/bench_pipeline.py configs/multi30k_en_de.yaml
-        [--repeats 3] [--spm-repeats 3] [--formats files multi30k]
+        [--repeats 3] [--spm-repeats 3]
         [--multi30k-dir DIR] [--set section.key=value ...] [--out runs/bench/pipeline.json]
 
 1. SentencePiece: trains the configured model(s) (a joint 8000-piece unigram model in the
    Multi30k configs) on the train split with `nmt.tokenizer.train_tokenizers` into a temporary
    folder; the time includes streaming both .gz files through Python, as `nmt prepare` does.
 2. Pipeline: with that tokenizer, times full passes of `make_dataset(epoch=0)` over train
-   (reading, in-graph tokenization, length filter, shuffle, bucketing, padding), for each data
-   format: "files" (tf.data.TextLineDataset on the .gz files) and "multi30k" (the tfds builder;
-   preparing it is done once beforehand and not timed). Reports sentences/s and target tokens/s
-   (non-pad `tgt_out` ids, EOS included) as the median of `--repeats` passes.
+   (reading the .gz files with tf.data.TextLineDataset, as both the `files` format and a local
+   Multi30k folder are read, in-graph tokenization, length filter, shuffle, bucketing,
+   padding). Reports sentences/s and target tokens/s (non-pad `tgt_out` ids, EOS included) as
+   the median of `--repeats` passes.
 
 Peak memory is the resident set: Linux's VmHWM, reset through /proc/self/clear_refs just before
 the measured work, so it is the peak of that work (plus what the process already held); where
@@ -63,7 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("config", help="YAML config (data and tokenizer sections are used)")
     add_common_args(parser)
-    parser.add_argument("--formats", nargs="+", default=["files", "multi30k"])
     parser.add_argument("--repeats", type=int, default=3, help="timed pipeline passes (median)")
     parser.add_argument("--spm-repeats", type=int, default=3, help="SentencePiece trainings")
     parser.add_argument("--out", default="runs/bench/pipeline.json")
@@ -147,7 +146,7 @@ def time_sentencepiece(cfg: config_lib.Config, folder: Path, out: Path, repeats:
     """Trains the tokenizer(s) into `out` `repeats` times (each run replaces the models)."""
     from nmt import corpus, tokenizer
 
-    files = dataclasses.replace(cfg.data, format="files", train=str(folder / "train"))
+    files = files_config(cfg, folder)
     seconds = []
     for _ in range(repeats):
         method = reset_peak_rss()
@@ -179,23 +178,18 @@ def one_pass(dataset) -> tuple[int, int, float]:
     return sentences, tokens, time.perf_counter() - start
 
 
-def data_config(cfg: config_lib.Config, fmt: str, folder: Path) -> config_lib.DataConfig:
-    if fmt == "files":
-        return dataclasses.replace(cfg.data, format="files", train=str(folder / "train"))
-    if fmt == "multi30k":
-        return dataclasses.replace(
-            cfg.data, format="multi30k", train="train", multi30k_dir=str(folder)
-        )
-    raise SystemExit(f"unknown format {fmt!r}; choose files or multi30k")
+def files_config(cfg: config_lib.Config, folder: Path) -> config_lib.DataConfig:
+    """The data config reading the train files of the Multi30k folder `folder`."""
+    return dataclasses.replace(cfg.data, format="files", train=str(folder / "train"))
 
 
-def time_pipeline(cfg: config_lib.Config, fmt: str, folder: Path, tok_dir: Path, repeats: int):
+def time_pipeline(cfg: config_lib.Config, folder: Path, tok_dir: Path, repeats: int):
     """Median throughput of `repeats` full passes; peak memory of the first pass."""
     from nmt import corpus, pipeline, tokenizer
 
     src_tok, tgt_tok = tokenizer.load_tokenizers(tok_dir)
-    data_cfg = data_config(cfg, fmt, folder)
-    pairs = corpus.load_pairs(data_cfg, "train")  # validates files / prepares tfds: not timed
+    data_cfg = files_config(cfg, folder)
+    pairs = corpus.load_pairs(data_cfg, "train")  # validates the files: not timed
     dataset = pipeline.make_dataset(pairs, src_tok, tgt_tok, data_cfg, cfg.training, epoch=0)
     before, method = rss_mb(), reset_peak_rss()
     passes = [one_pass(dataset)]
@@ -204,7 +198,7 @@ def time_pipeline(cfg: config_lib.Config, fmt: str, folder: Path, tok_dir: Path,
     sentences, tokens, _ = passes[0]
     seconds = statistics.median(s for _, _, s in passes)
     return {
-        "format": fmt,
+        "format": "files",
         "sentences": sentences,
         "target_tokens": tokens,
         "pass_seconds_median": round(seconds, 3),
@@ -242,9 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     result["overrides"] = args.overrides
     with tempfile.TemporaryDirectory(prefix="nmt-bench-spm-") as tok_dir:
         spm = time_sentencepiece(cfg, folder, Path(tok_dir), args.spm_repeats)
-        rows = [
-            time_pipeline(cfg, fmt, folder, Path(tok_dir), args.repeats) for fmt in args.formats
-        ]
+        rows = [time_pipeline(cfg, folder, Path(tok_dir), args.repeats)]
     result.update(
         sentencepiece=spm, pipeline=rows, load_average_end=[round(x, 2) for x in os.getloadavg()]
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,19 @@ def test_iter_pairs_reads_a_folder_without_tfds(folder, tmp_path):
         (line("val", "en", i), line("val", "de", i)) for i in range(3)
     ]
     corpus.check_split(data_cfg, "validation")
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_tf_data_reads_whichever_folder_is_configured(folder, tmp_path):
+    # Straight from the files, like iter_pairs: a tfds build would be cached per language
+    # pair and keep serving the first folder (a distilled or cleaned copy would be ignored).
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    (other / "train.de.gz").write_bytes(gzip.compress(b"".join(b"new %d\n" % i for i in range(5))))
+    for source, expected in ((folder, line("train", "de", 0)), (other, "new 0")):
+        data_cfg = cfg(source, tmp_path / "tfds")
+        first = next(corpus.load_pairs(data_cfg, "train").as_numpy_iterator())
+        assert first[1].decode() == expected == next(corpus.iter_pairs(data_cfg, "train"))[1]
     assert not (tmp_path / "tfds").exists()
 
 
@@ -195,7 +209,11 @@ def test_concurrent_preparations_take_turns(folder, tmp_path, monkeypatch):
             active.pop()
 
     monkeypatch.setattr(multi30k.Multi30k, "download_and_prepare", slow_prepare)
-    data_cfg, loaded = cfg(folder, tmp_path / "tfds"), []
+    # The download route (no local folder configured), served from the tiny folder.
+    real_config = multi30k.download_config
+    monkeypatch.setattr(multi30k, "download_config", lambda: real_config(folder))
+    monkeypatch.delenv(MULTI30K_ENV, raising=False)
+    data_cfg, loaded = cfg("", tmp_path / "tfds"), []
     threads = [
         threading.Thread(
             target=lambda: loaded.append(len(list(corpus.load_pairs(data_cfg, "train"))))
