@@ -256,11 +256,16 @@ def hash_state(sentences: int):
     return {"code": ops.arange(sentences, dtype="int32")}
 
 
+def allowed(t: int) -> list[int]:
+    """The tokens search may emit at step t: never PAD or BOS, and no EOS first."""
+    return ALLOWED if t else [tok for tok in ALLOWED if tok != EOS_ID]
+
+
 def reference_greedy(tables: np.ndarray, sentence: int, limit: int):
     """Greedy search in plain Python: (ids, log-prob sum, length counting EOS)."""
     code, ids, logp = next_code(sentence, BOS_ID), [], np.float32(0.0)
-    for _ in range(limit):
-        token = max(ALLOWED, key=lambda tok: tables[code, tok])
+    for t in range(limit):
+        token = max(allowed(t), key=lambda tok: tables[code, tok])
         logp += tables[code, token]
         if token == EOS_ID:
             return ids, logp, len(ids) + 1
@@ -272,7 +277,7 @@ def reference_greedy(tables: np.ndarray, sentence: int, limit: int):
 def reference_beam(tables, sentence, limit, beam_size, alpha, n_best):
     """Beam search as `beam_search` documents it, with lists and without early stop.
 
-    Every step takes the 2K best one-token extensions (never PAD or BOS) of the alive
+    Every step takes the 2K best one-token extensions (`allowed` tokens) of the alive
     hypotheses; those ending in EOS or reaching `limit` steps are finished, with score
     sum / lp(steps taken); the K best others stay alive. Sums are float32, added in the
     same order as in `beam_search`, so that rankings agree exactly.
@@ -286,7 +291,7 @@ def reference_beam(tables, sentence, limit, beam_size, alpha, n_best):
         extensions = [
             (ids, logp + tables[code, tok], code, tok)
             for ids, logp, code in alive
-            for tok in ALLOWED
+            for tok in allowed(t)
         ]
         extensions = sorted(extensions, key=lambda e: -e[1])[: 2 * beam_size]
         alive = []
@@ -428,6 +433,9 @@ def rnn_case(seed: int):
     return tiny_rnn(seed), {"h": h0}
 
 
+EOS_BOOST = 0.05  # near-uniform logits: more would end every hypothesis at once
+
+
 def model_case(cell: str, gru_variant: str, attention: str):
     """A tiny untrained `Seq2Seq`'s step function and decoder state for 4 sentences."""
     from .test_model import make, tiny
@@ -437,7 +445,9 @@ def model_case(cell: str, gru_variant: str, attention: str):
 
     def step(token_ids, state):
         logits, state = model.decode_step(token_ids, state)
-        return ops.log_softmax(logits, axis=-1), state
+        # Untrained, it seldom ends: a raised EOS logit makes some hypotheses end in EOS.
+        is_eos = ops.equal(ops.arange(ops.shape(logits)[-1]), EOS_ID)
+        return ops.log_softmax(ops.where(is_eos, logits + EOS_BOOST, logits), axis=-1), state
 
     return step, model.initial_state(model.encode(src))
 
@@ -490,10 +500,22 @@ def test_pad_and_bos_are_never_emitted():
     np.testing.assert_array_equal(np_(ids), padded([[A, B]], 4))
     np.testing.assert_allclose(np_(scores), [np.log(0.3 * 0.2 * 0.1)], rtol=1e-6)
 
-    ids, scores = beam_search(step, state, 4, 3, length_penalty=0.0, n_best=3)
-    hyps = {(): 0.1, (A,): 0.3 * 0.1, (A, B): 0.3 * 0.2 * 0.1}  # all others have FILL
+    ids, scores = beam_search(step, state, 4, 2, length_penalty=0.0, n_best=2)
+    hyps = {(A,): 0.3 * 0.1, (A, B): 0.3 * 0.2 * 0.1}  # all others have FILL
     np.testing.assert_array_equal(np_(ids)[0], padded([list(h) for h in hyps], 4))
     np.testing.assert_allclose(np_(scores)[0], np.log(list(hyps.values())), rtol=1e-6)
+
+
+def test_eos_is_never_the_first_token():
+    # No empty translation, however likely: JoeyNMT's and fairseq's minimum output length.
+    table = chain({BOS_ID: {EOS_ID: 0.9, A: 0.1}, A: {EOS_ID: 1.0}})
+    step, state = markov_step(table), markov_state([0])
+    ids, scores = greedy_search(step, state, max_len=3)
+    np.testing.assert_array_equal(np_(ids), padded([[A]], 3))
+    np.testing.assert_allclose(np_(scores), [np.log(0.1)], rtol=1e-6)
+    ids, scores = beam_search(step, state, 3, 2, length_penalty=0.0, n_best=1)
+    np.testing.assert_array_equal(np_(ids)[0], padded([[A]], 3))
+    np.testing.assert_allclose(np_(scores)[0], [np.log(0.1)], rtol=1e-6)
 
 
 def test_bos_that_is_also_eos_still_ends_hypotheses():
@@ -555,9 +577,10 @@ def prefix_state(sentences: int):
 
 
 def brute_force(table: np.ndarray, alpha: float, n_best: int) -> list[tuple[tuple, float]]:
-    """The n_best of all hypotheses up to MAX_LEN tokens: (ids, normalized score), best first."""
+    """The n_best of all hypotheses of 1 to MAX_LEN tokens (never empty): (ids, normalized
+    score), best first."""
     ranked = []
-    for length in range(MAX_LEN + 1):
+    for length in range(1, MAX_LEN + 1):
         for prefix in itertools.product(REAL, repeat=length):
             code, logp = BOS_ID, 0.0
             for token in prefix:
@@ -584,14 +607,14 @@ def test_wide_beam_equals_exhaustive_search(alpha):
 
 
 def test_missing_n_best_entries_have_minus_inf_scores():
-    # One possible token: only [] EOS, [A] EOS and [A A] (truncated) exist, 3 of 6.
+    # One possible token, no empty output: only [A] EOS and [A A] (truncated) exist, 2 of 6.
     table = chain({BOS_ID: {A: 0.5, EOS_ID: 0.5}, A: {A: 0.5, EOS_ID: 0.5}})
     table[table == FILL] = -np.inf
     ids, scores = beam_search(markov_step(table), markov_state([0]), 2, 6, n_best=6)
-    np.testing.assert_array_equal(np_(ids)[0, :3], padded([[], [A], [A, A]], 2))
-    assert np.isfinite(np_(scores)[0, :3]).all()
-    assert np.isneginf(np_(scores)[0, 3:]).all()
-    assert (np_(ids)[0, 3:] == PAD_ID).all()
+    np.testing.assert_array_equal(np_(ids)[0, :2], padded([[A], [A, A]], 2))
+    assert np.isfinite(np_(scores)[0, :2]).all()
+    assert np.isneginf(np_(scores)[0, 2:]).all()
+    assert (np_(ids)[0, 2:] == PAD_ID).all()
 
 
 def test_argument_errors():
