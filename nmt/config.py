@@ -33,7 +33,8 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 class DataConfig:
     """Where the parallel corpus comes from and how sentences are filtered."""
 
-    # "multi30k": the bundled tfds builder; "tfds": any tfds translation dataset by name;
+    # "multi30k": a local folder's files, else a download by the bundled tfds builder;
+    # "tfds": any tfds translation dataset by name;
     # "files": text-file pairs PREFIX.SRC_LANG / PREFIX.TGT_LANG (.gz ok); "tsv": src<TAB>tgt.
     format: Literal["multi30k", "tfds", "files", "tsv"] = "multi30k"
     src_lang: str = "en"

@@ -19,6 +19,7 @@ Empty lines are passed through: the pipeline filters and counts them.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,6 +132,21 @@ def _aligned_paths(data_cfg: DataConfig, name: str) -> tuple[Path, Path] | None:
     if data_cfg.format == "multi30k" and config_lib.multi30k_dir(data_cfg):
         return _multi30k_paths(data_cfg, name)
     return None
+
+
+def train_files_sha256(data_cfg: DataConfig) -> str | None:
+    """One SHA-256 over the bytes of the train split's local files, so that a run can tell
+    whether its tokenizer was trained on these files; None for tfds datasets."""
+    name = split_name(data_cfg, "train")
+    paths = _aligned_paths(data_cfg, name) or ((Path(name),) if data_cfg.format == "tsv" else ())
+    if not paths:
+        return None
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _multi30k_paths(data_cfg: DataConfig, split: str) -> tuple[Path, Path]:

@@ -188,7 +188,8 @@ def greedy_search(
     eos_id: int = EOS_ID,
     max_steps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Greedy decoding: the most likely token (never PAD or BOS) until EOS or `max_len`.
+    """Greedy decoding: the most likely token (never PAD or BOS, nor EOS first) until EOS or
+    `max_len`.
 
     Args:
         step_fn: `(token_ids (batch,), state) -> (log_probs (batch, vocab), state)`.

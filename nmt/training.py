@@ -62,23 +62,23 @@ def prepare(cfg: Config, run_dir: str | Path) -> dict[str, dict[str, int]]:
     Returns:
         The counts per split, as written to `data_stats.json`.
     """
-    from nmt import pipeline, tokenizer
+    from nmt import corpus, pipeline, tokenizer
 
     run = RunDir(run_dir)
     write_config(cfg, run)
-    _ensure_tokenizers(cfg, run)
+    # The train files' bytes too, not only their names: the models and counts come from them.
+    key = {"data": cfg.to_dict()["data"], "train_sha256": corpus.train_files_sha256(cfg.data)}
+    _ensure_tokenizers(cfg, run, key["train_sha256"])
     src_tok, tgt_tok = tokenizer.load_tokenizers(run.tokenizer)
     stats = json.loads(run.stats.read_text()) if run.stats.exists() else {}
-    if stats.get("data") == cfg.to_dict()["data"]:
+    if all(stats.get(name) == value for name, value in key.items()):
         counts = stats["counts"]
     else:
         counts = {
             split: pipeline.count_split(cfg.data, split, src_tok, tgt_tok)
             for split in ("train", "validation")
         }
-        rundir.atomic_write(
-            run.stats, json.dumps({"data": cfg.to_dict()["data"], "counts": counts})
-        )
+        rundir.atomic_write(run.stats, json.dumps({**key, "counts": counts}))
     for split, split_counts in counts.items():
         log.info("%s: %s", split, pipeline.describe_counts(split_counts))
         if split_counts["kept"] == 0:
@@ -86,8 +86,9 @@ def prepare(cfg: Config, run_dir: str | Path) -> dict[str, dict[str, int]]:
     return counts
 
 
-def _ensure_tokenizers(cfg: Config, run: RunDir) -> None:
-    """Trains SentencePiece unless models trained with the same settings are there."""
+def _ensure_tokenizers(cfg: Config, run: RunDir, train_sha256: str | None) -> None:
+    """Trains SentencePiece unless models trained with the same settings and train files
+    (`corpus.train_files_sha256`) are there."""
     from nmt import corpus, tokenizer
 
     data = cfg.to_dict()["data"]
@@ -95,9 +96,12 @@ def _ensure_tokenizers(cfg: Config, run: RunDir) -> None:
         "tokenizer": cfg.to_dict()["tokenizer"],
         "seed": cfg.training.seed,
         **{k: data[k] for k in ("format", "tfds_name", "src_lang", "tgt_lang", "train")},
+        "train_sha256": train_sha256,
     }
     if tokenizer.tokenizers_exist(run.tokenizer):
-        if tokenizer.read_settings(run.tokenizer).get("settings", settings) != settings:
+        stored = tokenizer.read_settings(run.tokenizer).get("settings", settings)
+        # A key the run's models predate (e.g. train_sha256) is not held against them.
+        if any(stored.get(key, value) != value for key, value in settings.items()):
             raise ConfigError(
                 f"{run.tokenizer} holds SentencePiece models trained with other tokenizer or "
                 "data settings; use a new --run-dir (or delete that folder to retrain them)"

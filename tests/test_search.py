@@ -164,7 +164,6 @@ def test_n_best_sorted_best_first_with_scores():
         (A,): 0.5 * 0.3,
         (A, C): 0.5 * 0.26,
         (A, D): 0.5 * 0.24,
-        (): 0.1,
     }
     ranked = sorted(hyps, key=lambda h: -np.log(hyps[h]) / lp(len(h) + 1, 0.6))[:4]
     np.testing.assert_array_equal(np_(ids)[0], padded([list(h) for h in ranked], 4))

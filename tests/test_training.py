@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from nmt import cli, config, rundir, training
+from nmt import cli, config, rundir, tokenizer, training
 from nmt.checkpointing import restore
 from nmt.errors import RunDirError
 from nmt.model import build_model
@@ -435,6 +435,25 @@ def test_stale_tokenizer_settings_are_refused(tmp_path, tiny_corpus):
     retrained = tiny_config(tiny_corpus, "tokenizer.vocab_size=40")
     assert training.prepare(retrained, run_dir)["train"]["kept"] == 400
     assert "batches_per_epoch" not in json.loads(run.stats.read_text())
+
+
+def test_a_tokenizer_trained_on_other_train_files_is_refused(tmp_path, tiny_corpus):
+    # Same settings, other bytes: e.g. another Multi30k folder, or distilled targets.
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    cfg, run_dir = tiny_config(corpus), tmp_path / "run"
+    training.prepare(cfg, run_dir)
+    for lang in ("en", "de"):  # one more pair
+        path = corpus / f"train.{lang}"
+        path.write_text(path.read_text() + "one more\n")
+    with pytest.raises(training.ConfigError, match="other tokenizer or data settings"):
+        training.prepare(cfg, run_dir)
+    # Models from before the files were fingerprinted are kept.
+    settings_file = RunDir(run_dir).tokenizer / tokenizer.SETTINGS_FILE
+    record = json.loads(settings_file.read_text())
+    del record["settings"]["train_sha256"]
+    settings_file.write_text(json.dumps(record))
+    assert training.prepare(cfg, run_dir)["train"]["total"] == 401
 
 
 def test_fp16_overflow_is_skipped_by_loss_scaling_not_reported_as_divergence(
