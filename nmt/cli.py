@@ -5,10 +5,12 @@
     nmt translate | evaluate RUN_DIR ... [--ensemble RUN_DIR ...]
     nmt export RUN_DIR [OUT_DIR] [--beam-size K] [--length-penalty A] [--force]
     nmt average RUN_DIR --last N
-    nmt tune-decoding RUN_DIR [--beam-sizes K ...] [--length-penalties A ...]
+    nmt tune-decoding RUN_DIR [--beam-sizes K ...] [--length-penalties A ...] [--ensemble ...]
 
 translate, evaluate, export and tune-decoding take `--weights best|last|averaged`; their
-decoding defaults come from the run's decoding.json (tune-decoding), else its config.
+decoding defaults come from the run's decoding.json (tune-decoding), else its config. An
+ensemble's come from RUN_DIR's decoding.ensemble.json (tune-decoding --ensemble) when it was
+tuned with the same members, else from RUN_DIR's as for one run.
 
 Options and positional arguments may come in any order after the command. User mistakes
 (`NmtError`) print one line on stderr and exit with status 2.
@@ -119,8 +121,9 @@ def _add_ensemble_arg(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="RUN_DIR",
         help="decode with these runs' models too, averaging their probabilities (each run "
-        "must have RUN_DIR's SentencePiece models; --weights applies to every run, decoding "
-        "settings come from RUN_DIR); SENTENCE goes before --ensemble. nmt export takes one "
+        "must have RUN_DIR's SentencePiece models; --weights applies to every run; decoding "
+        "settings come from RUN_DIR, tuned for this ensemble if tune-decoding was given the "
+        "same --ensemble); SENTENCE goes before --ensemble. nmt export takes one "
         "run: ensembles are not exported",
     )
 
@@ -249,11 +252,10 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 def cmd_tune_decoding(args: argparse.Namespace) -> int:
     from nmt import evaluation, rundir
-    from nmt.translator import Translator
 
     if args.max_sentences < 0:
         raise NmtError(f"--max-sentences must be at least 0, got {args.max_sentences}")
-    translator = Translator.from_run_dir(args.run_dir, args.weights)
+    translator = _load_translator(args)
     srcs, refs, _ = evaluation.load_data(translator.cfg, None, None, "validation")
     limit = args.max_sentences or len(srcs)
     # The config's setting is always scored: what tuning stores must beat what was there.
@@ -268,14 +270,16 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
         baseline=configured,
     )
     tuned["weights"] = args.weights
-    run = rundir.RunDir(args.run_dir)
-    rundir.write_decoding(run, tuned)
+    path = rundir.write_decoding(rundir.RunDir(args.run_dir), tuned, args.ensemble)
     _print_grid(tuned, configured)
     best = tuned["best"]
+    users = "translate, evaluate and export"
+    if args.ensemble:
+        users = "translate and evaluate with the same --ensemble"
     print(
         f"stored beam {best['beam_size']}, length penalty {best['length_penalty']:g} "
-        f"(validation BLEU {best['bleu']:.2f}) in {run.decoding}: translate, evaluate and "
-        "export use them unless given --beam-size / --length-penalty"
+        f"(validation BLEU {best['bleu']:.2f}) in {path}: {users} use them unless given "
+        "--beam-size / --length-penalty"
     )
     return 0
 
@@ -371,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-sentences", type=int, default=0, help="decode the first N validation pairs; 0 = all"
     )
     p.add_argument("--batch-size", type=int, help="sentences per batch; default: config")
+    _add_ensemble_arg(p)
     _add_weights_arg(p)
     p.set_defaults(func=cmd_tune_decoding)
     for command_parser in sub.choices.values():

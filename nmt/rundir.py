@@ -12,6 +12,7 @@ A run directory holds everything a run needs and makes:
     best.weights.h5              a hard link to the best weights, for users and `nmt translate`
     averaged.weights.h5          the mean of the last kept checkpoints (`nmt average`)
     decoding.json                beam size and length penalty tuned on validation, with the grid
+    decoding.ensemble.json       the same, tuned for this run in an ensemble with the runs it names
     metrics.jsonl                one JSON line per validation
     logs/                        TensorBoard
     .lock                        held by the process training this run
@@ -31,6 +32,7 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ STATE_FILE = "state.json"
 BEST_WEIGHTS = "best.weights.h5"
 AVERAGED_WEIGHTS = "averaged.weights.h5"
 DECODING_FILE = "decoding.json"
+ENSEMBLE_DECODING_FILE = "decoding.ensemble.json"
 # Which weights `nmt translate|evaluate|export|tune-decoding --weights` load.
 WEIGHTS_CHOICES = ("best", "last", "averaged")
 METRICS_FILE = "metrics.jsonl"
@@ -68,6 +71,7 @@ class RunDir:
         self.best_weights = self.path / BEST_WEIGHTS
         self.averaged_weights = self.path / AVERAGED_WEIGHTS
         self.decoding = self.path / DECODING_FILE
+        self.ensemble_decoding = self.path / ENSEMBLE_DECODING_FILE
         self.metrics = self.path / METRICS_FILE
         self.logs = self.path / LOGS_DIR
         self.eval = self.path / EVAL_DIR
@@ -302,28 +306,50 @@ def last_checkpoints(run: RunDir, n: int) -> list[Path]:
     return [run.checkpoint / name for name in kept[-n:]]
 
 
-def read_decoding(run: RunDir) -> dict[str, Any]:
-    """The beam size and length penalty `nmt tune-decoding` stored, or {} when it never ran.
+def decoding_file(run: RunDir, ensemble: Sequence[str | Path] = ()) -> Path:
+    """Where `nmt tune-decoding` stores the settings tuned for `run`, or for `run` decoding
+    together with the `ensemble` runs."""
+    return run.ensemble_decoding if ensemble else run.decoding
+
+
+def ensemble_members(ensemble: Sequence[str | Path]) -> list[str]:
+    """How `decoding.ensemble.json` names the other members: resolved paths, sorted (an
+    ensemble's mean of probabilities does not depend on their order)."""
+    return sorted(str(Path(path).resolve()) for path in ensemble)
+
+
+def read_decoding(run: RunDir, ensemble: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """The beam size and length penalty `nmt tune-decoding` stored for `run` (with `ensemble`:
+    for `run` together with exactly those runs), or {} when it never tuned them.
 
     Raises:
-        RunDirError: `decoding.json` is unreadable or does not hold valid settings.
+        RunDirError: the file is unreadable or does not hold valid settings.
     """
-    if not run.decoding.is_file():
+    path = decoding_file(run, ensemble)
+    if not path.is_file():
         return {}
     try:
-        best = json.loads(run.decoding.read_text(encoding="utf-8"))["best"]
-        beam, alpha = best["beam_size"], best["length_penalty"]
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        beam, alpha = stored["best"]["beam_size"], stored["best"]["length_penalty"]
         valid = type(beam) is int and beam >= 1 and type(alpha) in (int, float)
+        valid = valid and (not ensemble or isinstance(stored["ensemble_with"], list))
     except (ValueError, OSError, KeyError, TypeError):
         valid = False
     if not valid or not alpha >= 0:
         raise RunDirError(
-            f"{run.decoding} does not hold a beam size and length penalty (damaged?); "
+            f"{path} does not hold a beam size and length penalty (damaged?); "
             "delete it, then run 'nmt tune-decoding' again to tune anew"
         )
+    if ensemble and stored["ensemble_with"] != ensemble_members(ensemble):
+        return {}  # tuned for another ensemble
     return {"beam_size": beam, "length_penalty": float(alpha)}
 
 
-def write_decoding(run: RunDir, tuned: dict[str, Any]) -> None:
-    """Stores what `nmt tune-decoding` found: {"best": {"beam_size", "length_penalty"}, ...}."""
-    atomic_write(run.decoding, json.dumps(tuned, indent=2) + "\n")
+def write_decoding(run: RunDir, tuned: dict[str, Any], ensemble: Sequence[str | Path] = ()) -> Path:
+    """Stores what `nmt tune-decoding` found, {"best": {"beam_size", "length_penalty"}, ...}
+    (with `ensemble`, also "ensemble_with": its members); returns the file written."""
+    path = decoding_file(run, ensemble)
+    if ensemble:
+        tuned = {**tuned, "ensemble_with": ensemble_members(ensemble)}
+    atomic_write(path, json.dumps(tuned, indent=2) + "\n")
+    return path

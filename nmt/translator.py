@@ -74,11 +74,12 @@ class Translator:
     ) -> Translator:
         """Loads config, SentencePiece models and weights of a run directory.
 
-        Decoding defaults come from the run's `decoding.json` (`nmt tune-decoding`) where it
-        exists, else from its config.
+        Decoding defaults come from `nmt tune-decoding`'s settings where it ran, else from the
+        run's config. An ensemble takes those tuned for it (`run_dir`'s
+        `decoding.ensemble.json`, when tuned with the same members), else `run_dir`'s own.
 
         Args:
-            run_dir: the run; with `ensemble`, its decoding settings are the ensemble's.
+            run_dir: the run; with `ensemble`, its config is the ensemble's.
             weights: "best", "last" or "averaged" (see `rundir.trained_weights`), for every
                 model.
             ensemble: more runs whose models decode together with it (see the module doc).
@@ -91,7 +92,7 @@ class Translator:
         for member in members:  # before any weights are read: a mismatch fails fast
             _check_same_tokenizers(first, member)
         models = [_load_model(run, weights) for run in (first, *members)]
-        cfg = _with_tuned_decoding(first)
+        cfg = _with_tuned_decoding(first, ensemble)
         return cls(cfg, models[0], first.src_tok, first.tgt_tok, ensemble=models[1:])
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:
@@ -244,16 +245,23 @@ def _open_run(run_dir: str | Path) -> _Run:
     return _Run(run, cfg, *tokenizer.load_tokenizers(run.tokenizer))
 
 
-def _with_tuned_decoding(run: _Run) -> Config:
-    """The run's config with the decoding settings of its `decoding.json`, if any."""
+def _with_tuned_decoding(run: _Run, ensemble: Sequence[str | Path]) -> Config:
+    """The run's config with the decoding settings `nmt tune-decoding` stored, if any: those
+    tuned for the ensemble, else for the run alone."""
     from nmt import rundir
 
-    tuned = rundir.read_decoding(run.run)
+    tuned, source = {}, run.run.ensemble_decoding
+    if ensemble:
+        tuned = rundir.read_decoding(run.run, ensemble)
+        if not tuned and source.is_file():
+            log.info("%s was tuned with other ensemble members; not used", source)
+    if not tuned:
+        tuned, source = rundir.read_decoding(run.run), run.run.decoding
     if not tuned:
         return run.cfg
     log.info(
         "decoding defaults from %s: beam %d, length penalty %g",
-        run.run.decoding,
+        source,
         tuned["beam_size"],
         tuned["length_penalty"],
     )

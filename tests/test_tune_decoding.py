@@ -127,3 +127,50 @@ def test_damaged_decoding_file_is_one_line(content, tiny_run, tmp_path, capsys):
     assert cli.main(["translate", str(run.path), "x"]) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(r"nmt: error: .*decoding.json does not hold .*delete it.*", err)
+
+
+# ----------------------------------------------------------------------------- ensembles
+
+
+def test_an_ensemble_is_tuned_for_itself(tiny_run, tiny_lstm_run, tmp_path, capsys, monkeypatch):
+    """`--ensemble` stores its best beside the run's own settings, and only an ensemble of the
+    same members (named by any path, in any order) decodes with it."""
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(tiny_run, run.path)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_lstm_run, other)
+    run.decoding.write_text(json.dumps({"best": {"beam_size": 7, "length_penalty": 0.1}}))
+    argv = ["tune-decoding", str(run.path), *GRID, "--ensemble", str(tiny_lstm_run)]
+    assert cli.main(argv) == 0
+    assert str(run.ensemble_decoding) in capsys.readouterr().out
+    stored = json.loads(run.ensemble_decoding.read_text())
+    assert stored["ensemble_with"] == [str(tiny_lstm_run.resolve())]
+    # The single run's baseline was its own tuned pair: scored as the ensemble's too.
+    assert (7, 0.1) in [(c["beam_size"], c["length_penalty"]) for c in stored["grid"]]
+    best = (stored["best"]["beam_size"], stored["best"]["length_penalty"])
+    assert best != (7, 0.1)  # else the checks below could not tell the two files apart
+
+    def defaults(*ensemble):
+        opts = Translator.from_run_dir(run.path, ensemble=ensemble).decoding_options()
+        return opts.beam_size, opts.length_penalty
+
+    monkeypatch.chdir(tiny_lstm_run.parent)
+    assert defaults(tiny_lstm_run.name) == best  # a relative path names the same run
+    assert defaults(tiny_lstm_run, tiny_lstm_run) == (7, 0.1)  # other members: the run's own
+    assert defaults(other) == (7, 0.1)
+    assert defaults() == (7, 0.1)  # the run alone is not the ensemble
+    evaluate = ["evaluate", str(run.path), "--split", "validation", "--output-dir", str(tmp_path)]
+    assert cli.main([*evaluate, "--ensemble", str(tiny_lstm_run)]) == 0
+    report = json.loads((tmp_path / "validation.ensemble.json").read_text())
+    assert (report["beam_size"], report["length_penalty"]) == best
+
+
+def test_damaged_ensemble_decoding_file_is_one_line(tiny_run, tiny_lstm_run, tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(tiny_run, run.path)
+    # Valid settings for one run, but not naming the members they were tuned with.
+    run.ensemble_decoding.write_text('{"best": {"beam_size": 2, "length_penalty": 0.6}}')
+    assert cli.main(["translate", str(run.path), "x", "--ensemble", str(tiny_lstm_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"nmt: error: .*decoding.ensemble.json does not hold .*delete it.*", err)
+    assert cli.main(["translate", str(run.path), "x"]) == 0  # the run alone does not read it
