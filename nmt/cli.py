@@ -5,12 +5,13 @@
     nmt translate | evaluate RUN_DIR ... [--ensemble RUN_DIR ...]
     nmt export RUN_DIR [OUT_DIR] [--beam-size K] [--length-penalty A] [--force]
     nmt average RUN_DIR --last N
-    nmt tune-decoding RUN_DIR [--beam-sizes K ...] [--length-penalties A ...] [--ensemble ...]
+    nmt tune-decoding RUN_DIR [--beam-sizes K ...] [--length-penalties A ...]
+                      [--ensemble RUN_DIR ...]
 
 translate, evaluate, export and tune-decoding take `--weights best|last|averaged`; their
 decoding defaults come from the run's decoding.json (tune-decoding), else its config. An
-ensemble's come from RUN_DIR's decoding.ensemble.json (tune-decoding --ensemble) when it was
-tuned with the same members, else from RUN_DIR's as for one run.
+ensemble's come from RUN_DIR's decoding.ensemble.json (tune-decoding --ensemble) when it holds
+this set of members, else from RUN_DIR's as for one run.
 
 Options and positional arguments may come in any order after the command. User mistakes
 (`NmtError`) print one line on stderr and exit with status 2.
@@ -92,7 +93,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # Where --beam-size and --length-penalty default from.
-RUN_DEFAULT = "default: the run's decoding.json (nmt tune-decoding), else its config"
+RUN_DEFAULT = (
+    "default: what nmt tune-decoding stored (with --ensemble, for these members if it tuned "
+    "them, else for RUN_DIR alone), else the config"
+)
 
 
 def _add_weights_arg(parser: argparse.ArgumentParser) -> None:
@@ -113,18 +117,21 @@ def _add_decoding_args(parser: argparse.ArgumentParser) -> None:
     _add_weights_arg(parser)
 
 
-def _add_ensemble_arg(parser: argparse.ArgumentParser) -> None:
+# What --ensemble does, for every command that takes it.
+ENSEMBLE_HELP = (
+    "decode with these runs' models too, averaging their probabilities (each run must have "
+    "RUN_DIR's SentencePiece models; --weights applies to every run)"
+)
+
+
+def _add_ensemble_arg(parser: argparse.ArgumentParser, note: str) -> None:
     parser.add_argument(
         "--ensemble",
         nargs="+",
         action="extend",
         default=[],
         metavar="RUN_DIR",
-        help="decode with these runs' models too, averaging their probabilities (each run "
-        "must have RUN_DIR's SentencePiece models; --weights applies to every run; decoding "
-        "settings come from RUN_DIR, tuned for this ensemble if tune-decoding was given the "
-        "same --ensemble); SENTENCE goes before --ensemble. nmt export takes one "
-        "run: ensembles are not exported",
+        help=f"{ENSEMBLE_HELP}; {note}",
     )
 
 
@@ -258,7 +265,8 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
     translator = _load_translator(args)
     srcs, refs, _ = evaluation.load_data(translator.cfg, None, None, "validation")
     limit = args.max_sentences or len(srcs)
-    # The config's setting is always scored: what tuning stores must beat what was there.
+    # The current default (stored before, else the config's) is always scored: what tuning
+    # stores must beat what was there.
     configured = (translator.cfg.decoding.beam_size, translator.cfg.decoding.length_penalty)
     tuned = evaluation.tune_decoding(
         translator,
@@ -286,7 +294,7 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
 
 def _print_grid(tuned: dict, configured: tuple[int, float]) -> None:
     print(f"validation BLEU, {tuned['sentences']} sentences ({tuned['bleu_signature']})")
-    print(" beam  length penalty    BLEU  sent/s (incl. compiling)   * best, c the config's")
+    print(" beam  length penalty    BLEU  sent/s (incl. compiling)   * best, c the default")
     for cell in tuned["grid"]:
         mark = ("*" if cell == tuned["best"] else "") + (
             "c" if (cell["beam_size"], cell["length_penalty"]) == configured else ""
@@ -320,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="with N > 1 print N lines per input: 'INDEX ||| TRANSLATION ||| SCORE'",
     )
-    _add_ensemble_arg(p)
+    _add_ensemble_arg(p, "SENTENCE goes before --ensemble; nmt export takes one run")
     _add_decoding_args(p)
     p.set_defaults(func=cmd_translate)
     p = sub.add_parser("evaluate", help="BLEU and chrF (sacrebleu) of a trained run")
@@ -338,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where hypotheses and report go (default RUN_DIR/eval; an ensemble's are named "
         "NAME.ensemble.hyp and .json)",
     )
-    _add_ensemble_arg(p)
+    _add_ensemble_arg(p, "nmt export takes one run")
     _add_decoding_args(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("export", help="export a string-to-string SavedModel")
@@ -375,7 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-sentences", type=int, default=0, help="decode the first N validation pairs; 0 = all"
     )
     p.add_argument("--batch-size", type=int, help="sentences per batch; default: config")
-    _add_ensemble_arg(p)
+    _add_ensemble_arg(
+        p,
+        "tune the ensemble: its best goes to RUN_DIR/decoding.ensemble.json, one entry per "
+        "set of members, and RUN_DIR/decoding.json stays RUN_DIR's own",
+    )
     _add_weights_arg(p)
     p.set_defaults(func=cmd_tune_decoding)
     for command_parser in sub.choices.values():

@@ -155,7 +155,8 @@ class TrainingConfig:
 @dataclass
 class DecodingConfig:
     """Search settings used by translate, evaluate and export (beam_size and length_penalty
-    give way to a run's `decoding.json`, written by `nmt tune-decoding`)."""
+    give way to what `nmt tune-decoding` stored: a run's `decoding.json`, or for an ensemble
+    its first run's `decoding.ensemble.json`)."""
 
     beam_size: int = 5
     # GNMT length penalty alpha: score / ((5 + len) / 6) ** alpha.

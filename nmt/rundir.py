@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -307,20 +308,21 @@ def last_checkpoints(run: RunDir, n: int) -> list[Path]:
 
 
 def decoding_file(run: RunDir, ensemble: Sequence[str | Path] = ()) -> Path:
-    """Where `nmt tune-decoding` stores the settings tuned for `run`, or for `run` decoding
-    together with the `ensemble` runs."""
+    """Where `nmt tune-decoding` stores the settings tuned for `run` alone, or for `run` as the
+    first of an ensemble with the `ensemble` runs."""
     return run.ensemble_decoding if ensemble else run.decoding
 
 
-def ensemble_members(ensemble: Sequence[str | Path]) -> list[str]:
-    """How `decoding.ensemble.json` names the other members: resolved paths, sorted (an
-    ensemble's mean of probabilities does not depend on their order)."""
-    return sorted(str(Path(path).resolve()) for path in ensemble)
+def ensemble_members(run: RunDir, ensemble: Sequence[str | Path]) -> list[str]:
+    """How `decoding.ensemble.json` names the other members: relative to the run, so that a
+    tree of runs may move, and sorted, as the mean of their probabilities has no order."""
+    base = run.path.resolve()
+    return sorted(os.path.relpath(Path(path).resolve(), base) for path in ensemble)
 
 
 def read_decoding(run: RunDir, ensemble: Sequence[str | Path] = ()) -> dict[str, Any]:
-    """The beam size and length penalty `nmt tune-decoding` stored for `run` (with `ensemble`:
-    for `run` together with exactly those runs), or {} when it never tuned them.
+    """The beam size and length penalty `nmt tune-decoding` stored for `run` alone, or with
+    `ensemble` for `run` together with exactly those runs; {} when it never tuned them.
 
     Raises:
         RunDirError: the file is unreadable or does not hold valid settings.
@@ -328,28 +330,62 @@ def read_decoding(run: RunDir, ensemble: Sequence[str | Path] = ()) -> dict[str,
     path = decoding_file(run, ensemble)
     if not path.is_file():
         return {}
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        beam, alpha = stored["best"]["beam_size"], stored["best"]["length_penalty"]
-        valid = type(beam) is int and beam >= 1 and type(alpha) in (int, float)
-        valid = valid and (not ensemble or isinstance(stored["ensemble_with"], list))
-    except (ValueError, OSError, KeyError, TypeError):
-        valid = False
-    if not valid or not alpha >= 0:
-        raise RunDirError(
-            f"{path} does not hold a beam size and length penalty (damaged?); "
-            "delete it, then run 'nmt tune-decoding' again to tune anew"
-        )
-    if ensemble and stored["ensemble_with"] != ensemble_members(ensemble):
-        return {}  # tuned for another ensemble
-    return {"beam_size": beam, "length_penalty": float(alpha)}
+    if not ensemble:
+        return _checked_settings(_load_json(path), path)
+    members = ensemble_members(run, ensemble)
+    tuned = [e for e in _ensemble_entries(path) if e["ensemble_with"] == members]
+    return _checked_settings(tuned[0], path) if tuned else {}
 
 
 def write_decoding(run: RunDir, tuned: dict[str, Any], ensemble: Sequence[str | Path] = ()) -> Path:
-    """Stores what `nmt tune-decoding` found, {"best": {"beam_size", "length_penalty"}, ...}
-    (with `ensemble`, also "ensemble_with": its members); returns the file written."""
+    """Stores what `nmt tune-decoding` found, {"best": {"beam_size", "length_penalty"}, ...};
+    returns the file written. An ensemble's joins (or replaces, for the same members) the
+    ensembles tuned before: {"ensembles": [{"ensemble_with": [member, ...], "best": ...}]}."""
     path = decoding_file(run, ensemble)
     if ensemble:
-        tuned = {**tuned, "ensemble_with": ensemble_members(ensemble)}
+        members = ensemble_members(run, ensemble)
+        kept = [e for e in _ensemble_entries(path) if e["ensemble_with"] != members]
+        tuned = {"ensembles": [*kept, {"ensemble_with": members, **tuned}]}
     atomic_write(path, json.dumps(tuned, indent=2) + "\n")
     return path
+
+
+def _ensemble_entries(path: Path) -> list[dict[str, Any]]:
+    """The entries of a `decoding.ensemble.json` (none if it does not exist), all checked."""
+    if not path.is_file():
+        return []
+    stored = _load_json(path)
+    entries = stored.get("ensembles") if isinstance(stored, dict) else None
+    if not isinstance(entries, list):
+        raise _damaged(path)
+    for entry in entries:
+        _checked_settings(entry, path)
+        if not isinstance(entry.get("ensemble_with"), list):
+            raise _damaged(path)
+    return entries
+
+
+def _checked_settings(tuned: Any, path: Path) -> dict[str, Any]:
+    """{"beam_size", "length_penalty"} of a stored tuning's "best" cell."""
+    try:
+        beam, alpha = tuned["best"]["beam_size"], tuned["best"]["length_penalty"]
+    except (KeyError, TypeError):
+        raise _damaged(path) from None
+    valid = type(beam) is int and beam >= 1 and type(alpha) in (int, float)
+    if not (valid and math.isfinite(alpha) and alpha >= 0):
+        raise _damaged(path)
+    return {"beam_size": beam, "length_penalty": float(alpha)}
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        raise _damaged(path) from None
+
+
+def _damaged(path: Path) -> RunDirError:
+    return RunDirError(
+        f"{path} does not hold a beam size and length penalty (damaged?); "
+        "delete it, then run 'nmt tune-decoding' again to tune anew"
+    )

@@ -9,7 +9,8 @@ model keeps its own encoder outputs and decoder state, so members may differ in 
 (Cho or attention, GRU or LSTM, sizes) but their SentencePiece models. Those must be the
 same files, source and target: the target because the members' distributions are averaged
 id by id, the source because the source is encoded once (one sorted, padded batch and one
-compiled search for all members). Decoding settings and data come from the first run.
+compiled search for all members). Decoding settings and data come from the first run (see
+`from_run_dir` for the settings `nmt tune-decoding` stores for an ensemble).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Translator:
 
         Decoding defaults come from `nmt tune-decoding`'s settings where it ran, else from the
         run's config. An ensemble takes those tuned for it (`run_dir`'s
-        `decoding.ensemble.json`, when tuned with the same members), else `run_dir`'s own.
+        `decoding.ensemble.json` holds them per set of other members), else `run_dir`'s own.
 
         Args:
             run_dir: the run; with `ensemble`, its config is the ensemble's.
@@ -247,25 +248,20 @@ def _open_run(run_dir: str | Path) -> _Run:
 
 def _with_tuned_decoding(run: _Run, ensemble: Sequence[str | Path]) -> Config:
     """The run's config with the decoding settings `nmt tune-decoding` stored, if any: those
-    tuned for the ensemble, else for the run alone."""
+    tuned for the ensemble, else those tuned for the run alone."""
     from nmt import rundir
 
-    tuned, source = {}, run.run.ensemble_decoding
-    if ensemble:
-        tuned = rundir.read_decoding(run.run, ensemble)
-        if not tuned and source.is_file():
-            log.info("%s was tuned with other ensemble members; not used", source)
-    if not tuned:
-        tuned, source = rundir.read_decoding(run.run), run.run.decoding
-    if not tuned:
-        return run.cfg
-    log.info(
-        "decoding defaults from %s: beam %d, length penalty %g",
-        source,
-        tuned["beam_size"],
-        tuned["length_penalty"],
-    )
-    return replace(run.cfg, decoding=replace(run.cfg.decoding, **tuned))
+    for members in (ensemble, ()) if ensemble else ((),):
+        tuned = rundir.read_decoding(run.run, members)
+        if tuned:
+            log.info(
+                "decoding defaults from %s: beam %d, length penalty %g",
+                rundir.decoding_file(run.run, members),
+                tuned["beam_size"],
+                tuned["length_penalty"],
+            )
+            return replace(run.cfg, decoding=replace(run.cfg.decoding, **tuned))
+    return run.cfg
 
 
 def _load_model(run: _Run, weights: str) -> keras.Model:

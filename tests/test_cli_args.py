@@ -7,6 +7,7 @@ import pytest
 from nmt import cli
 
 SET = ["--set", "training.epochs=1"]
+ENS = ["--ensemble", "b", "c"]
 # Per subcommand: argument orders that must parse the same, and what they must give.
 ORDERS = {
     "prepare": (
@@ -56,12 +57,13 @@ ORDERS = {
     "tune-decoding": (
         # A list option takes every value up to the next option: RUN_DIR cannot follow it.
         [
-            ["tune-decoding", "r", "--beam-sizes", "1", "4", "--weights", "averaged"],
-            ["tune-decoding", "--weights", "averaged", "r", "--beam-sizes", "1", "4"],
-            ["tune-decoding", "--beam-sizes", "1", "4", "--weights", "averaged", "r"],
+            ["tune-decoding", "r", "--beam-sizes", "1", "4", "--weights", "averaged", *ENS],
+            ["tune-decoding", *ENS, "--weights", "averaged", "r", "--beam-sizes", "1", "4"],
+            ["tune-decoding", "--beam-sizes", "1", "4", *ENS, "--weights", "averaged", "r"],
         ],
         {
             "run_dir": "r",
+            "ensemble": ["b", "c"],
             "beam_sizes": [1, 4],
             "length_penalties": [0.0, 0.4, 0.6, 0.8, 1.0],
             "weights": "averaged",

@@ -108,6 +108,7 @@ def test_best_is_the_first_of_the_highest(monkeypatch):
         (["--beam-sizes", "0", "2"], "beam size, n-best and batch size must be at least 1"),
         (["--length-penalties", "-0.5"], "length penalties must be at least 0, got -0.5"),
         (["--weights", "averaged"], "has no averaged.weights.h5"),
+        (["--ensemble", "no_such_run"], "no_such_run"),
     ],
 )
 def test_tune_decoding_errors(args, message, tiny_run, capsys):
@@ -115,6 +116,7 @@ def test_tune_decoding_errors(args, message, tiny_run, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("nmt: error: ") and message in err[0], err
     assert not (tiny_run / rundir.DECODING_FILE).exists()
+    assert not (tiny_run / rundir.ENSEMBLE_DECODING_FILE).exists()
 
 
 @pytest.mark.parametrize(
@@ -132,45 +134,84 @@ def test_damaged_decoding_file_is_one_line(content, tiny_run, tmp_path, capsys):
 # ----------------------------------------------------------------------------- ensembles
 
 
-def test_an_ensemble_is_tuned_for_itself(tiny_run, tiny_lstm_run, tmp_path, capsys, monkeypatch):
-    """`--ensemble` stores its best beside the run's own settings, and only an ensemble of the
-    same members (named by any path, in any order) decodes with it."""
-    run = RunDir(tmp_path / "run")
-    shutil.copytree(tiny_run, run.path)
-    other = tmp_path / "other"
-    shutil.copytree(tiny_lstm_run, other)
+def _tune_ensemble(run: RunDir, *members) -> dict:
+    """`nmt tune-decoding RUN --ensemble MEMBERS`: the ensembles stored after it."""
+    argv = ["tune-decoding", str(run.path), *GRID, "--ensemble", *map(str, members)]
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert cli.main(argv) == 0
+    assert str(run.ensemble_decoding) in out.getvalue()
+    return json.loads(run.ensemble_decoding.read_text())["ensembles"]
+
+
+def test_each_ensemble_is_tuned_for_itself(tiny_run, tiny_lstm_run, tmp_path, monkeypatch):
+    """`--ensemble` stores a best per set of members beside the run's own settings; only an
+    ensemble of those members (by any path, in any order, after the runs moved) uses it."""
+    tree = tmp_path / "tree"
+    run, lstm, twin = RunDir(tree / "run"), tree / "lstm", tree / "twin"
+    for source, copy in [(tiny_run, run.path), (tiny_lstm_run, lstm), (tiny_run, twin)]:
+        shutil.copytree(source, copy)
     run.decoding.write_text(json.dumps({"best": {"beam_size": 7, "length_penalty": 0.1}}))
-    argv = ["tune-decoding", str(run.path), *GRID, "--ensemble", str(tiny_lstm_run)]
-    assert cli.main(argv) == 0
-    assert str(run.ensemble_decoding) in capsys.readouterr().out
-    stored = json.loads(run.ensemble_decoding.read_text())
-    assert stored["ensemble_with"] == [str(tiny_lstm_run.resolve())]
-    # The single run's baseline was its own tuned pair: scored as the ensemble's too.
-    assert (7, 0.1) in [(c["beam_size"], c["length_penalty"]) for c in stored["grid"]]
-    best = (stored["best"]["beam_size"], stored["best"]["length_penalty"])
-    assert best != (7, 0.1)  # else the checks below could not tell the two files apart
+
+    [pair] = _tune_ensemble(run, lstm)
+    assert pair["ensemble_with"] == ["../lstm"]
+    # The run's own tuned pair, the default before tuning, was scored for the ensemble too.
+    assert (7, 0.1) in [(c["beam_size"], c["length_penalty"]) for c in pair["grid"]]
+    assert pair["best"] == max(pair["grid"], key=lambda c: c["bleu"])
+    pair_again, trio = _tune_ensemble(run, lstm, twin)
+    assert pair_again == pair and trio["ensemble_with"] == ["../lstm", "../twin"]
+    # Settings outside the grid, so each check below can tell which entry was read.
+    pair["best"], trio["best"] = (
+        {"beam_size": 6, "length_penalty": 0.3},
+        {"beam_size": 5, "length_penalty": 0.2},
+    )
+    run.ensemble_decoding.write_text(json.dumps({"ensembles": [pair, trio]}))
+
+    moved = RunDir(tmp_path / "moved" / "run")
+    shutil.copytree(tree, moved.path.parent)
 
     def defaults(*ensemble):
-        opts = Translator.from_run_dir(run.path, ensemble=ensemble).decoding_options()
+        opts = Translator.from_run_dir(moved.path, ensemble=ensemble).decoding_options()
         return opts.beam_size, opts.length_penalty
 
-    monkeypatch.chdir(tiny_lstm_run.parent)
-    assert defaults(tiny_lstm_run.name) == best  # a relative path names the same run
-    assert defaults(tiny_lstm_run, tiny_lstm_run) == (7, 0.1)  # other members: the run's own
-    assert defaults(other) == (7, 0.1)
-    assert defaults() == (7, 0.1)  # the run alone is not the ensemble
-    evaluate = ["evaluate", str(run.path), "--split", "validation", "--output-dir", str(tmp_path)]
-    assert cli.main([*evaluate, "--ensemble", str(tiny_lstm_run)]) == 0
+    monkeypatch.chdir(moved.path.parent)
+    (moved.path.parent / "link").symlink_to("lstm")
+    assert defaults("lstm") == defaults("link") == (6, 0.3)
+    assert defaults("twin", "lstm") == defaults("lstm", "twin") == (5, 0.2)
+    assert defaults("twin") == defaults("lstm", "lstm") == (7, 0.1)  # untuned: the run's own
+    assert defaults() == (7, 0.1)  # the run alone is not an ensemble
+    evaluate = ["evaluate", "run", "--split", "validation", "--output-dir", str(tmp_path)]
+    assert cli.main([*evaluate, "--ensemble", "lstm"]) == 0
     report = json.loads((tmp_path / "validation.ensemble.json").read_text())
-    assert (report["beam_size"], report["length_penalty"]) == best
+    assert (report["beam_size"], report["length_penalty"]) == (6, 0.3)
 
 
-def test_damaged_ensemble_decoding_file_is_one_line(tiny_run, tiny_lstm_run, tmp_path, capsys):
+ENTRY = {"ensemble_with": ["../m"], "best": {"beam_size": 2, "length_penalty": 0.6}}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        json.dumps(ENTRY),  # one run's form, not a list of ensembles
+        json.dumps({"ensembles": [{**ENTRY, "ensemble_with": "../m"}]}),
+        json.dumps({"ensembles": [{k: v for k, v in ENTRY.items() if k != "ensemble_with"}]}),
+        json.dumps({"ensembles": [{**ENTRY, "best": {"beam_size": 0, "length_penalty": 0.6}}]}),
+        json.dumps({"ensembles": [{**ENTRY, "best": {"beam_size": 2, "length_penalty": 1e999}}]}),
+        json.dumps({"ensembles": ["x"]}),
+    ],
+)
+def test_damaged_ensemble_decoding_file_is_one_line(
+    content, tiny_run, tiny_lstm_run, tmp_path, capsys
+):
     run = RunDir(tmp_path / "run")
     shutil.copytree(tiny_run, run.path)
-    # Valid settings for one run, but not naming the members they were tuned with.
-    run.ensemble_decoding.write_text('{"best": {"beam_size": 2, "length_penalty": 0.6}}')
-    assert cli.main(["translate", str(run.path), "x", "--ensemble", str(tiny_lstm_run)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert re.fullmatch(r"nmt: error: .*decoding.ensemble.json does not hold .*delete it.*", err)
+    run.ensemble_decoding.write_text(content)
+    argv = ["tune-decoding", str(run.path), *GRID, "--ensemble", str(tiny_lstm_run)]
+    for command in [["translate", str(run.path), "x", "--ensemble", str(tiny_lstm_run)], argv]:
+        assert cli.main(command) == 2  # tuning stops before its first decode
+        err = capsys.readouterr().err.strip()
+        assert re.fullmatch(
+            r"nmt: error: .*decoding.ensemble.json does not hold .*delete it.*", err
+        )
+    assert run.ensemble_decoding.read_text() == content  # nothing lost
     assert cli.main(["translate", str(run.path), "x"]) == 0  # the run alone does not read it
