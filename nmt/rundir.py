@@ -328,10 +328,8 @@ def read_decoding(run: RunDir, ensemble: Sequence[str | Path] = ()) -> dict[str,
         RunDirError: the file is unreadable or does not hold valid settings.
     """
     path = decoding_file(run, ensemble)
-    if not path.is_file():
-        return {}
     if not ensemble:
-        return _checked_settings(_load_json(path), path)
+        return _checked_settings(_load_json(path), path) if path.is_file() else {}
     members = ensemble_members(run, ensemble)
     tuned = [e for e in _ensemble_entries(path) if e["ensemble_with"] == members]
     return _checked_settings(tuned[0], path) if tuned else {}
