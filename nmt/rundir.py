@@ -322,7 +322,8 @@ def ensemble_members(run: RunDir, ensemble: Sequence[str | Path]) -> list[str]:
 
 def read_decoding(run: RunDir, ensemble: Sequence[str | Path] = ()) -> dict[str, Any]:
     """The beam size and length penalty `nmt tune-decoding` stored for `run` alone, or with
-    `ensemble` for `run` together with exactly those runs; {} when it never tuned them.
+    `ensemble` for `run` together with exactly those runs, and the `weights` ("best", "last",
+    "averaged"; None in files older than the key) it tuned them with; {} when it never did.
 
     Raises:
         RunDirError: the file is unreadable or does not hold valid settings.
@@ -364,7 +365,7 @@ def _ensemble_entries(path: Path) -> list[dict[str, Any]]:
 
 
 def _checked_settings(tuned: Any, path: Path) -> dict[str, Any]:
-    """{"beam_size", "length_penalty"} of a stored tuning's "best" cell."""
+    """{"beam_size", "length_penalty"} of a stored tuning's "best" cell, and its "weights"."""
     try:
         beam, alpha = tuned["best"]["beam_size"], tuned["best"]["length_penalty"]
     except (KeyError, TypeError):
@@ -372,7 +373,10 @@ def _checked_settings(tuned: Any, path: Path) -> dict[str, Any]:
     valid = type(beam) is int and beam >= 1 and type(alpha) in (int, float)
     if not (valid and math.isfinite(alpha) and alpha >= 0):
         raise _damaged(path)
-    return {"beam_size": beam, "length_penalty": float(alpha)}
+    weights = tuned.get("weights")
+    if weights is not None and weights not in WEIGHTS_CHOICES:
+        raise _damaged(path)
+    return {"beam_size": beam, "length_penalty": float(alpha), "weights": weights}
 
 
 def _load_json(path: Path) -> Any:

@@ -93,7 +93,7 @@ class Translator:
         for member in members:  # before any weights are read: a mismatch fails fast
             _check_same_tokenizers(first, member)
         models = [_load_model(run, weights) for run in (first, *members)]
-        cfg = _with_tuned_decoding(first, ensemble)
+        cfg = _with_tuned_decoding(first, ensemble, weights)
         return cls(cfg, models[0], first.src_tok, first.tgt_tok, ensemble=models[1:])
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:
@@ -246,7 +246,7 @@ def _open_run(run_dir: str | Path) -> _Run:
     return _Run(run, cfg, *tokenizer.load_tokenizers(run.tokenizer))
 
 
-def _with_tuned_decoding(run: _Run, ensemble: Sequence[str | Path]) -> Config:
+def _with_tuned_decoding(run: _Run, ensemble: Sequence[str | Path], weights: str) -> Config:
     """The run's config with the decoding settings `nmt tune-decoding` stored, if any: those
     tuned for the ensemble, else those tuned for the run alone."""
     from nmt import rundir
@@ -254,12 +254,25 @@ def _with_tuned_decoding(run: _Run, ensemble: Sequence[str | Path]) -> Config:
     for members in (ensemble, ()) if ensemble else ((),):
         tuned = rundir.read_decoding(run.run, members)
         if tuned:
+            path = rundir.decoding_file(run.run, members)
+            tuned_with = tuned.pop("weights")
             log.info(
                 "decoding defaults from %s: beam %d, length penalty %g",
-                rundir.decoding_file(run.run, members),
+                path,
                 tuned["beam_size"],
                 tuned["length_penalty"],
             )
+            if tuned_with not in (None, weights):
+                # Still used, as tuning them was the user's choice; the warning says how to
+                # tune for the weights in use.
+                log.warning(
+                    "%s was tuned with --weights %s, not %s; run 'nmt tune-decoding' with "
+                    "--weights %s to tune for these",
+                    path,
+                    tuned_with,
+                    weights,
+                    weights,
+                )
             return replace(run.cfg, decoding=replace(run.cfg.decoding, **tuned))
     return run.cfg
 

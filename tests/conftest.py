@@ -1,9 +1,30 @@
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """One JAX compilation cache for the whole test run, made before xdist starts its workers
+    so that they, and every `nmt` subprocess they start, inherit it: the JAX subprocesses
+    compile the same small programs again and again (a third of a tiny `nmt train`). A hit
+    runs the executable that compiling the same program gives; the cache goes at the end."""
+    if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    config.jax_cache = tempfile.mkdtemp(prefix="nmt-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config.jax_cache
+    # By default JAX keeps only compilations over 1 s; the tests' are mostly far shorter.
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "jax_cache", None):
+        shutil.rmtree(config.jax_cache, ignore_errors=True)
 
 
 def shared_multi30k() -> Path | None:

@@ -71,6 +71,25 @@ def test_commands_default_to_the_tuned_settings_and_options_win(tuned, tmp_path,
     assert "decoding defaults from" in capsys.readouterr().err
 
 
+def test_settings_tuned_with_other_weights_are_used_with_a_warning(tuned, tmp_path, capsys):
+    run, _ = tuned  # tuned with --weights best
+    best = json.loads(run.decoding.read_text())["best"]
+    opts = Translator.from_run_dir(run.path, "last").decoding_options()
+    assert (opts.beam_size, opts.length_penalty) == (best["beam_size"], best["length_penalty"])
+    assert cli.main(["translate", str(run.path), "a man runs", "--weights", "last"]) == 0
+    err = capsys.readouterr().err
+    assert f"{run.decoding} was tuned with --weights best, not last" in err
+    assert cli.main(["translate", str(run.path), "a man runs"]) == 0
+    assert "was tuned with" not in capsys.readouterr().err
+    # A file from before the "weights" key was stored warns of nothing.
+    older = RunDir(tmp_path / "run")
+    shutil.copytree(run.path, older.path)
+    stored = json.loads(older.decoding.read_text())
+    older.decoding.write_text(json.dumps({k: v for k, v in stored.items() if k != "weights"}))
+    assert cli.main(["translate", str(older.path), "a man runs", "--weights", "last"]) == 0
+    assert "was tuned with" not in capsys.readouterr().err
+
+
 def test_best_is_the_first_of_the_highest(monkeypatch):
     """The arg-max over a grid whose scores the test chooses, ties to the smaller beam; the
     baseline cell joins the grid."""
@@ -120,7 +139,13 @@ def test_tune_decoding_errors(args, message, tiny_run, capsys):
 
 
 @pytest.mark.parametrize(
-    "content", ["{not json", '{"best": {"beam_size": 0, "length_penalty": 0.6}}', "[]"]
+    "content",
+    [
+        "{not json",
+        '{"best": {"beam_size": 0, "length_penalty": 0.6}}',
+        "[]",
+        '{"best": {"beam_size": 2, "length_penalty": 0.6}, "weights": "newest"}',
+    ],
 )
 def test_damaged_decoding_file_is_one_line(content, tiny_run, tmp_path, capsys):
     run = RunDir(tmp_path / "run")
