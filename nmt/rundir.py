@@ -373,8 +373,8 @@ def _checked_settings(tuned: Any, path: Path) -> dict[str, Any]:
     valid = type(beam) is int and beam >= 1 and type(alpha) in (int, float)
     if not (valid and math.isfinite(alpha) and alpha >= 0):
         raise _damaged(path)
-    weights = tuned.get("weights")
-    if weights is not None and weights not in WEIGHTS_CHOICES:
+    weights = tuned.get("weights")  # any name: a later kind of weights need not break this
+    if weights is not None and not isinstance(weights, str):
         raise _damaged(path)
     return {"beam_size": beam, "length_penalty": float(alpha), "weights": weights}
 

@@ -68,6 +68,9 @@ class Translator:
         # Every model that decodes: `model` first, then the other ensemble members.
         self.models = (model, *ensemble)
         self._compiled: dict[tuple, SearchFn] = {}
+        # A warning that the tuned defaults were tuned with other weights: logged the first
+        # time one of them is used, so not when options override both, nor by tune-decoding.
+        self._tuned_for_other_weights: str | None = None
 
     @classmethod
     def from_run_dir(
@@ -93,8 +96,10 @@ class Translator:
         for member in members:  # before any weights are read: a mismatch fails fast
             _check_same_tokenizers(first, member)
         models = [_load_model(run, weights) for run in (first, *members)]
-        cfg = _with_tuned_decoding(first, ensemble, weights)
-        return cls(cfg, models[0], first.src_tok, first.tgt_tok, ensemble=models[1:])
+        cfg, other_weights = _with_tuned_decoding(first, ensemble, weights)
+        translator = cls(cfg, models[0], first.src_tok, first.tgt_tok, ensemble=models[1:])
+        translator._tuned_for_other_weights = other_weights
+        return translator
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:
         """Best translation of each sentence (options as in `translate_n_best`)."""
@@ -146,6 +151,9 @@ class Translator:
             "batch_size": batch_size,
         }
         opts = replace(self.cfg.decoding, **{k: v for k, v in given.items() if v is not None})
+        if self._tuned_for_other_weights and None in (beam_size, length_penalty):
+            log.warning("%s", self._tuned_for_other_weights)
+            self._tuned_for_other_weights = None
         if opts.beam_size < 1 or opts.batch_size < 1 or opts.n_best < 1:
             raise NmtError("beam size, n-best and batch size must be at least 1")
         if opts.n_best > opts.beam_size:
@@ -246,35 +254,33 @@ def _open_run(run_dir: str | Path) -> _Run:
     return _Run(run, cfg, *tokenizer.load_tokenizers(run.tokenizer))
 
 
-def _with_tuned_decoding(run: _Run, ensemble: Sequence[str | Path], weights: str) -> Config:
+def _with_tuned_decoding(
+    run: _Run, ensemble: Sequence[str | Path], weights: str
+) -> tuple[Config, str | None]:
     """The run's config with the decoding settings `nmt tune-decoding` stored, if any: those
-    tuned for the ensemble, else those tuned for the run alone."""
+    tuned for the ensemble, else those tuned for the run alone. Settings tuned with other
+    `--weights` are still used, as tuning them was the user's choice; the second value is
+    then the warning to give when they are, saying how to tune for these weights."""
     from nmt import rundir
 
     for members in (ensemble, ()) if ensemble else ((),):
         tuned = rundir.read_decoding(run.run, members)
-        if tuned:
-            path = rundir.decoding_file(run.run, members)
-            tuned_with = tuned.pop("weights")
-            log.info(
-                "decoding defaults from %s: beam %d, length penalty %g",
-                path,
-                tuned["beam_size"],
-                tuned["length_penalty"],
-            )
-            if tuned_with not in (None, weights):
-                # Still used, as tuning them was the user's choice; the warning says how to
-                # tune for the weights in use.
-                log.warning(
-                    "%s was tuned with --weights %s, not %s; run 'nmt tune-decoding' with "
-                    "--weights %s to tune for these",
-                    path,
-                    tuned_with,
-                    weights,
-                    weights,
-                )
-            return replace(run.cfg, decoding=replace(run.cfg.decoding, **tuned))
-    return run.cfg
+        if not tuned:
+            continue
+        path = rundir.decoding_file(run.run, members)
+        tuned_with = tuned.pop("weights")
+        beam, alpha = tuned["beam_size"], tuned["length_penalty"]
+        log.info("decoding defaults from %s: beam %d, length penalty %g", path, beam, alpha)
+        cfg = replace(run.cfg, decoding=replace(run.cfg.decoding, **tuned))
+        if tuned_with in (None, weights):
+            return cfg, None
+        command = f"nmt tune-decoding {run.run} --weights {weights}"
+        command += f" --ensemble {' '.join(map(str, ensemble))}" if ensemble else ", replacing them"
+        return cfg, (
+            f"beam {beam}, length penalty {alpha:g} from {path} were tuned with --weights "
+            f"{tuned_with}; used with the {weights} weights (to tune for these: {command})"
+        )
+    return run.cfg, None
 
 
 def _load_model(run: _Run, weights: str) -> keras.Model:

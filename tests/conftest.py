@@ -12,19 +12,29 @@ def pytest_configure(config):
     """One JAX compilation cache for the whole test run, made before xdist starts its workers
     so that they, and every `nmt` subprocess they start, inherit it: the JAX subprocesses
     compile the same small programs again and again (a third of a tiny `nmt train`). A hit
-    runs the executable that compiling the same program gives; the cache goes at the end."""
+    runs the executable that compiling the same program gives. JAX writes entries without a
+    lock: a read racing a write gets a warning and compiles afresh."""
     if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
     config.jax_cache = tempfile.mkdtemp(prefix="nmt-tests-jax-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = config.jax_cache
-    # By default JAX keeps only compilations over 1 s; the tests' are mostly far shorter.
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    settings = {
+        "JAX_COMPILATION_CACHE_DIR": config.jax_cache,
+        # By default JAX keeps only compilations over 1 s; the tests' are mostly far shorter.
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    config.env_before_jax_cache = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
 
 
 def pytest_unconfigure(config):
-    if getattr(config, "jax_cache", None):
-        shutil.rmtree(config.jax_cache, ignore_errors=True)
+    if not getattr(config, "jax_cache", None):
+        return
+    for name, value in config.env_before_jax_cache.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    shutil.rmtree(config.jax_cache, ignore_errors=True)
 
 
 def shared_multi30k() -> Path | None:

@@ -72,22 +72,32 @@ def test_commands_default_to_the_tuned_settings_and_options_win(tuned, tmp_path,
 
 
 def test_settings_tuned_with_other_weights_are_used_with_a_warning(tuned, tmp_path, capsys):
-    run, _ = tuned  # tuned with --weights best
+    tuned_run, _ = tuned  # tuned with --weights best
+    run = RunDir(tmp_path / "run")  # a copy: `nmt average` below writes into it
+    shutil.copytree(tuned_run.path, run.path)
     best = json.loads(run.decoding.read_text())["best"]
     opts = Translator.from_run_dir(run.path, "last").decoding_options()
     assert (opts.beam_size, opts.length_penalty) == (best["beam_size"], best["length_penalty"])
+
+    def warned(*argv) -> bool:
+        assert cli.main(list(argv)) == 0
+        return "were tuned with" in capsys.readouterr().err
+
     assert cli.main(["translate", str(run.path), "a man runs", "--weights", "last"]) == 0
     err = capsys.readouterr().err
-    assert f"{run.decoding} was tuned with --weights best, not last" in err
-    assert cli.main(["translate", str(run.path), "a man runs"]) == 0
-    assert "was tuned with" not in capsys.readouterr().err
+    assert f"from {run.decoding} were tuned with --weights best; used with the last" in err
+    assert f"(to tune for these: nmt tune-decoding {run.path} --weights last, replacing" in err
+    assert not warned("translate", str(run.path), "a man runs")
+    # Not when the options give both values, nor where nothing decodes with the defaults.
+    options = ["--beam-size", "2", "--length-penalty", "0.5"]
+    assert not warned("translate", str(run.path), "a man runs", "--weights", "last", *options)
+    assert not warned("average", str(run.path), "--last", "2")
+    assert warned("translate", str(run.path), "a man runs", "--weights", "averaged")
+    assert not warned("tune-decoding", str(run.path), *GRID, "--weights", "averaged")
     # A file from before the "weights" key was stored warns of nothing.
-    older = RunDir(tmp_path / "run")
-    shutil.copytree(run.path, older.path)
-    stored = json.loads(older.decoding.read_text())
-    older.decoding.write_text(json.dumps({k: v for k, v in stored.items() if k != "weights"}))
-    assert cli.main(["translate", str(older.path), "a man runs", "--weights", "last"]) == 0
-    assert "was tuned with" not in capsys.readouterr().err
+    stored = json.loads(run.decoding.read_text())
+    run.decoding.write_text(json.dumps({k: v for k, v in stored.items() if k != "weights"}))
+    assert not warned("translate", str(run.path), "a man runs", "--weights", "last")
 
 
 def test_best_is_the_first_of_the_highest(monkeypatch):
@@ -144,7 +154,7 @@ def test_tune_decoding_errors(args, message, tiny_run, capsys):
         "{not json",
         '{"best": {"beam_size": 0, "length_penalty": 0.6}}',
         "[]",
-        '{"best": {"beam_size": 2, "length_penalty": 0.6}, "weights": "newest"}',
+        '{"best": {"beam_size": 2, "length_penalty": 0.6}, "weights": ["best"]}',
     ],
 )
 def test_damaged_decoding_file_is_one_line(content, tiny_run, tmp_path, capsys):
@@ -168,7 +178,7 @@ def _tune_ensemble(run: RunDir, *members) -> dict:
     return json.loads(run.ensemble_decoding.read_text())["ensembles"]
 
 
-def test_each_ensemble_is_tuned_for_itself(tiny_run, tiny_lstm_run, tmp_path, monkeypatch):
+def test_each_ensemble_is_tuned_for_itself(tiny_run, tiny_lstm_run, tmp_path, monkeypatch, capsys):
     """`--ensemble` stores a best per set of members beside the run's own settings; only an
     ensemble of those members (by any path, in any order, after the runs moved) uses it."""
     tree = tmp_path / "tree"
@@ -208,6 +218,11 @@ def test_each_ensemble_is_tuned_for_itself(tiny_run, tiny_lstm_run, tmp_path, mo
     assert cli.main([*evaluate, "--ensemble", "lstm"]) == 0
     report = json.loads((tmp_path / "validation.ensemble.json").read_text())
     assert (report["beam_size"], report["length_penalty"]) == (6, 0.3)
+    capsys.readouterr()
+    assert cli.main(["translate", "run", "a dog", "--ensemble", "lstm", "--weights", "last"]) == 0
+    err = capsys.readouterr().err
+    assert "decoding.ensemble.json were tuned with --weights best; used with the last" in err
+    assert "nmt tune-decoding run --weights last --ensemble lstm)" in err
 
 
 ENTRY = {"ensemble_with": ["../m"], "best": {"beam_size": 2, "length_penalty": 0.6}}
@@ -223,6 +238,7 @@ ENTRY = {"ensemble_with": ["../m"], "best": {"beam_size": 2, "length_penalty": 0
         json.dumps({"ensembles": [{**ENTRY, "best": {"beam_size": 0, "length_penalty": 0.6}}]}),
         json.dumps({"ensembles": [{**ENTRY, "best": {"beam_size": 2, "length_penalty": 1e999}}]}),
         json.dumps({"ensembles": ["x"]}),
+        json.dumps({"ensembles": [{**ENTRY, "weights": 3}]}),
     ],
 )
 def test_damaged_ensemble_decoding_file_is_one_line(
