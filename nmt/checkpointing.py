@@ -41,10 +41,10 @@ def rng_variables(model: keras.Model) -> list:
 def restore(model: keras.Model, run: RunDir, state: dict[str, Any]) -> None:
     """Loads the checkpoint `state` names: weights, optimizer state and RNG state.
 
-    Builds the optimizer even without a checkpoint: left to the first training step,
-    TensorFlow would trace that step twice, once to create the optimizer's variables
-    (4 s of a tiny test run's 12.5 s here)."""
-    if not model.optimizer.built:  # a LossScaleOptimizer built twice would reset its scale
+    Builds the optimizer even without a checkpoint: TensorFlow without a tf.distribute
+    strategy would leave that to the first training step, and a traced function that
+    creates variables is traced twice (docs/benchmarks.md, "Start-up")."""
+    if not model.optimizer.built:  # a LossScaleOptimizer would add a second scale and counter
         model.optimizer.build(model.trainable_variables)
     if not state:
         return
