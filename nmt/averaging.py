@@ -44,10 +44,10 @@ def average_checkpoints(run_dir: str | Path, last: int) -> Path:
     Raises:
         RunDirError: no such run, `last` < 1, or fewer kept checkpoints than `last`.
     """
-    from nmt.translator import Translator
+    from nmt.translator import load_run_model
 
     run = rundir.RunDir(run_dir)
-    model = Translator.from_run_dir(run.path, weights="last").model  # checks the run
+    model = load_run_model(run.path, weights="last")  # checks the run
     average_weights(model, rundir.last_checkpoints(run, last))
     rundir.save_weights(model, run.averaged_weights)
     return run.averaged_weights

@@ -283,6 +283,11 @@ def _with_tuned_decoding(
     return run.cfg, None
 
 
+def load_run_model(run_dir: str | Path, weights: str = "best") -> keras.Model:
+    """A run directory's trained model alone: no decoding settings read (`nmt average`)."""
+    return _load_model(_open_run(run_dir), weights)
+
+
 def _load_model(run: _Run, weights: str) -> keras.Model:
     from nmt import rundir
     from nmt.model import build_model

@@ -64,6 +64,12 @@ def test_average_writes_the_mean_of_the_last_n_without_optimizer_state(run, caps
     assert capsys.readouterr().out.count("\n") == 1
 
 
+def test_average_does_not_read_the_decoding_settings(run):
+    run.decoding.write_text("{damaged")  # translate would stop on it; averaging needs none
+    assert cli.main(["average", str(run.path), "--last", "2"]) == 0
+    assert run.averaged_weights.is_file() and run.decoding.read_text() == "{damaged"
+
+
 @pytest.mark.parametrize(
     "last, message",
     [
