@@ -5,7 +5,7 @@
     nmt translate | evaluate RUN_DIR ... [--ensemble RUN_DIR ...]
     nmt export RUN_DIR [OUT_DIR] [--beam-size K] [--length-penalty A] [--force]
     nmt average RUN_DIR --last N
-    nmt tune-decoding RUN_DIR [--beam-sizes K ...] [--length-penalties A ...]
+    nmt tune-decoding RUN_DIR [--beam-sizes K ...] [--length-penalties A ...] [--max-p P]
                       [--ensemble RUN_DIR ...]
 
 translate, evaluate, export and tune-decoding take `--weights best|last|averaged`; their
@@ -266,7 +266,7 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
     srcs, refs, _ = evaluation.load_data(translator.cfg, None, None, "validation")
     limit = args.max_sentences or len(srcs)
     # The current default (stored before, else the config's) is always scored: what tuning
-    # stores must beat what was there.
+    # stores must beat what was there by more than chance.
     configured = (translator.cfg.decoding.beam_size, translator.cfg.decoding.length_penalty)
     tuned = evaluation.tune_decoding(
         translator,
@@ -276,10 +276,11 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
         args.length_penalties,
         args.batch_size,
         baseline=configured,
+        max_p=args.max_p,
     )
     tuned["weights"] = args.weights
     path = rundir.write_decoding(rundir.RunDir(args.run_dir), tuned, args.ensemble)
-    _print_grid(tuned, configured)
+    _print_grid(tuned)
     best = tuned["best"]
     users = "translate, evaluate and export"
     if args.ensemble:
@@ -292,17 +293,26 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_grid(tuned: dict, configured: tuple[int, float]) -> None:
+def _print_grid(tuned: dict) -> None:
     print(f"validation BLEU, {tuned['sentences']} sentences ({tuned['bleu_signature']})")
-    print(" beam  length penalty    BLEU  sent/s (incl. compiling)   * best, c the default")
+    print(" beam  length penalty    BLEU  sent/s (incl. compiling)   * stored, c the default")
     for cell in tuned["grid"]:
-        mark = ("*" if cell == tuned["best"] else "") + (
-            "c" if (cell["beam_size"], cell["length_penalty"]) == configured else ""
-        )
+        mark = ("*" if cell is tuned["best"] else "") + ("c" if cell is tuned["default"] else "")
         print(
             f"{cell['beam_size']:5d}  {cell['length_penalty']:14.2f}  {cell['bleu']:6.2f}  "
             f"{cell['sentences_per_s']:6.1f}  {mark}".rstrip()
         )
+    highest, default, p = tuned["highest"], tuned["default"], tuned["p_value"]
+    if p is None:
+        print("no cell scores above the default")
+        return
+    gain = f"beam {highest['beam_size']}, length penalty {highest['length_penalty']:g}: "
+    gain += f"{highest['bleu'] - default['bleu']:+.2f} BLEU over the default, p {p:.3g}"
+    test = "paired approximate randomization, 10,000 trials"
+    if highest is tuned["best"]:
+        print(f"{gain} ({test})")
+    else:
+        print(f"{gain} > --max-p {tuned['max_p']:g}: within chance ({test}); keeps the default")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,6 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-sentences", type=int, default=0, help="decode the first N validation pairs; 0 = all"
     )
     p.add_argument("--batch-size", type=int, help="sentences per batch; default: config")
+    p.add_argument(
+        "--max-p",
+        type=float,
+        default=0.05,
+        metavar="P",
+        help="store the grid's best only if a paired approximate-randomization test against "
+        "the default gives p <= P on these sentences, else keep the default (1: always the "
+        "best; default: %(default)s)",
+    )
     _add_ensemble_arg(
         p,
         "tune the ensemble: its best goes to RUN_DIR/decoding.ensemble.json, one entry per "

@@ -136,37 +136,107 @@ def tune_decoding(
     length_penalties: Sequence[float],
     batch_size: int | None = None,
     baseline: tuple[int, float] | None = None,
+    max_p: float = 1.0,
 ) -> dict[str, Any]:
-    """BLEU and speed of every beam size x length penalty on `srcs`, and the best pair.
+    """BLEU and speed of every beam size x length penalty on `srcs`, and the pair to use.
 
-    `baseline` (beam size, length penalty) is scored too, outside the product if need be:
-    given the run's configured decoding, the best can never be worse on `srcs` than it.
+    `baseline` (beam size, length penalty), the decoding in use, is scored too, outside the
+    product if need be. The grid's highest replaces it only where a paired test on `srcs`
+    gives p <= `max_p` (`paired_p_value`; 1 takes the highest whatever the difference), so
+    that a gain within chance does not move the default.
 
     Returns:
         {"sentences", "bleu_signature", "grid": [{"beam_size", "length_penalty", "bleu",
-        "sentences_per_s"}, ...] (beams, then penalties, ascending), "best": a grid cell}.
-        The best has the highest BLEU; of equal ones, the first (the smallest beam).
+        "sentences_per_s"}, ...] (beams, then penalties, ascending), "highest": the cell of
+        the highest BLEU (of equal ones, the first: the smallest beam), "best": the cell to
+        use}; with a baseline also "default" (its cell), "p_value" (None where the highest
+        scores no more than the default) and "max_p".
 
     Raises:
-        NmtError: a beam size or batch size below 1, or a negative length penalty.
+        NmtError: a beam size or batch size below 1, a negative length penalty, or `max_p`
+        outside (0, 1].
     """
     if min(length_penalties) < 0:
         raise NmtError(f"length penalties must be at least 0, got {min(length_penalties)}")
+    if not 0 < max_p <= 1:
+        raise NmtError(f"the p-value threshold (--max-p) must be in (0, 1], got {max_p:g}")
     pairs = {(k, float(a)) for k in beam_sizes for a in length_penalties}
     if baseline is not None:
         pairs.add((baseline[0], float(baseline[1])))
     grid = [{"beam_size": k, "length_penalty": a} for k, a in sorted(pairs)]
     for cell in grid:  # every option checked before the first, long, decode
         translator.decoding_options(**cell, n_best=1, batch_size=batch_size)
+    hyps = []
     for cell in grid:
         report = evaluate(translator, srcs, refs, {**cell, "n_best": 1, "batch_size": batch_size})
         cell.update(bleu=report["bleu"], sentences_per_s=report["sentences_per_s"])
-    return {
+        hyps.append(report["hypotheses"])
+    highest = max(range(len(grid)), key=lambda i: grid[i]["bleu"])
+    tuned = {
         "sentences": len(srcs),
         "bleu_signature": report["bleu_signature"],
         "grid": grid,
-        "best": max(grid, key=lambda cell: cell["bleu"]),
+        "highest": grid[highest],
+        "best": grid[highest],
     }
+    if baseline is None:
+        return tuned
+    default = [(c["beam_size"], c["length_penalty"]) for c in grid].index(
+        (baseline[0], float(baseline[1]))
+    )
+    gain = grid[highest]["bleu"] > grid[default]["bleu"]  # a tie keeps the default
+    p = paired_p_value(hyps[default], hyps[highest], refs) if gain else None
+    if p is None or p > max_p:
+        tuned["best"] = grid[default]
+    return {**tuned, "default": grid[default], "p_value": p, "max_p": max_p}
+
+
+def paired_p_value(
+    baseline: Sequence[str],
+    system: Sequence[str],
+    refs: Sequence[str],
+    trials: int = 10_000,
+    seed: int = 12345,
+) -> float:
+    """How likely a BLEU difference at least as large as between `baseline` and `system`
+    is on these sentences if the two were one system: the two-sided paired approximate-
+    randomization test of `sacrebleu --paired-ar` (its trials, seed and shuffles), except
+    that a shuffle exactly as far apart as the real pair counts against the difference.
+    sacreBLEU counts only larger ones, which gives p ~ 0 to systems that differ in a single
+    sentence, as the next cells of a decoding grid often do."""
+    import numpy as np
+
+    bleu = BLEU()
+    stats = np.array(
+        [
+            [
+                _bleu_statistics(bleu.corpus_score([h], [[r]]))
+                for h, r in zip(hyps, refs, strict=True)
+            ]
+            for hyps in (baseline, system)
+        ]
+    )
+    swap = np.random.default_rng(seed).integers(2, size=(trials, len(refs)), dtype=bool)
+    shuffled_a = swap @ stats[0] + ~swap @ stats[1]
+    shuffled_b = ~swap @ stats[0] + swap @ stats[1]
+    observed = abs(_corpus_bleu(stats[0].sum(0)) - _corpus_bleu(stats[1].sum(0)))
+    diffs = np.abs(
+        [_corpus_bleu(a) - _corpus_bleu(b) for a, b in zip(shuffled_a, shuffled_b, strict=True)]
+    )
+    return float((np.sum(diffs >= observed) + 1) / (trials + 1))
+
+
+def _bleu_statistics(one: Any) -> list[int]:
+    """BLEU's sufficient statistics of one scored sentence, in sacreBLEU's order."""
+    return [one.sys_len, one.ref_len, *one.counts, *one.totals]
+
+
+def _corpus_bleu(stats) -> float:
+    """BLEU from summed sufficient statistics, as `BLEU().corpus_score` computes it."""
+    order = (len(stats) - 2) // 2  # sys_len, ref_len, then matches and totals per order
+    return BLEU.compute_bleu(
+        stats[2 : 2 + order], stats[2 + order :], int(stats[0]), int(stats[1]), "exp"
+    ).score
 
 
 def write_report(report: dict[str, Any], out_dir: Path, name: str) -> None:

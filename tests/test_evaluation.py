@@ -3,6 +3,8 @@ import pytest
 from nmt import evaluation
 from nmt.errors import DataError
 
+from .conftest import SRC_WORDS
+
 
 def test_perfect_and_wrong_scores_with_signature():
     refs = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee."]
@@ -40,3 +42,35 @@ def test_by_source_length_groups_and_orders():
     assert [r["bucket"] for r in rows] == ["0-9", "10-19", "20-29"]
     assert [r["sentences"] for r in rows] == [2, 1, 1]
     assert all(r["bleu"] == 100.0 for r in rows)
+
+
+def _noisy(refs, drop, seed):
+    """Each reference with each word dropped at rate `drop`: a system of some quality."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(w for w in ref.split() if rng.random() > drop) for ref in refs]
+
+
+def test_paired_p_value_is_sacrebleus_approximate_randomization():
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    words = SRC_WORDS
+    refs = [" ".join(words[(i * 7 + k * 3) % len(words)] for k in range(8)) for i in range(60)]
+    for drop_b in (0.12, 0.3):  # a small difference, then a clear one
+        # Every sentence differs, so that no shuffle ties the real pair (the one difference).
+        a, b = _noisy(refs, 0.1, seed=1), ["x " + h for h in _noisy(refs, drop_b, seed=2)]
+        test = PairedTest([("a", a), ("b", b)], {"BLEU": BLEU()}, [refs], n_samples=2000)
+        expected = test()[1]["BLEU"][1].p_value
+        assert evaluation.paired_p_value(a, b, refs, trials=2000) == pytest.approx(expected)
+    assert expected < 0.01  # the clear difference is found
+
+
+def test_a_single_changed_sentence_is_never_significant():
+    refs = [f"a dog runs on the street number {i}" for i in range(50)]
+    one_better = [refs[0], *_noisy(refs[1:], 0.3, seed=3)]
+    baseline = [_noisy(refs[:1], 0.3, seed=4)[0], *one_better[1:]]
+    # sacreBLEU's test counts only shuffles further apart than the pair: p ~ 0 here.
+    assert evaluation.paired_p_value(baseline, one_better, refs) == 1.0
+    assert evaluation.paired_p_value(baseline, baseline, refs) == 1.0

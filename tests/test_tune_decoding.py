@@ -13,6 +13,8 @@ from nmt.rundir import RunDir
 from nmt.translator import Translator
 
 GRID = ["--beam-sizes", "2", "1", "--length-penalties", "1.0", "0", "--max-sentences", "8"]
+# The fixture stores the grid's highest whatever its margin; the guard has tests of its own.
+ANY_GAIN = ["--max-p", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def tuned(tiny_run, tmp_path_factory) -> tuple[RunDir, str]:
     run = RunDir(tmp_path_factory.mktemp("tuned") / "run")
     shutil.copytree(tiny_run, run.path)
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        assert cli.main(["tune-decoding", str(run.path), *GRID]) == 0
+        assert cli.main(["tune-decoding", str(run.path), *GRID, *ANY_GAIN]) == 0
     return run, out.getvalue()
 
 
@@ -34,7 +36,8 @@ def test_table_has_every_cell_and_the_stored_best_is_the_arg_max(tuned):
     assert cells == [(1, 0.0), (1, 1.0), (2, 0.0), (2, 1.0), (3, 0.6)]
     assert stored["sentences"] == 8 and stored["weights"] == "best"
     best = max(stored["grid"], key=lambda c: c["bleu"])
-    assert stored["best"] == best
+    assert stored["best"] == stored["highest"] == best and stored["max_p"] == 1
+    assert stored["default"] == stored["grid"][-1]
     row = r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*(\*?)(c?)$"
     rows = re.findall(row, printed, re.M)
     assert [(int(k), float(a)) for k, a, *_ in rows] == cells
@@ -107,13 +110,14 @@ def test_best_is_the_first_of_the_highest(monkeypatch):
 
     def fake_evaluate(translator, srcs, refs, decoding):
         bleu = scores[(decoding["beam_size"], decoding["length_penalty"])]
-        return {"bleu": bleu, "sentences_per_s": 1.0, "bleu_signature": "sig"}
+        return {"bleu": bleu, "sentences_per_s": 1.0, "bleu_signature": "sig", "hypotheses": []}
 
     class FakeTranslator:
         def decoding_options(self, **options):
             pass
 
     monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluation, "paired_p_value", lambda *args: 0.5)
     tuned = evaluation.tune_decoding(FakeTranslator(), ["a"], ["b"], [4, 1], [0.5, 0.0])
     assert [c["bleu"] for c in tuned["grid"]] == [10.0, 30.0, 20.0, 30.0]
     assert (tuned["best"]["beam_size"], tuned["best"]["length_penalty"]) == (1, 0.5)
@@ -128,12 +132,75 @@ def test_best_is_the_first_of_the_highest(monkeypatch):
         FakeTranslator(), ["a"], ["b"], [4, 1], [0.5, 0.0], None, (4, 0)
     )
     assert len(tuned["grid"]) == 4  # a baseline inside the product is not scored twice
+    assert tuned["best"] == tuned["highest"] and tuned["p_value"] == 0.5  # max_p=1: any gain
+
+
+def _fake_tuning(monkeypatch, hyps_of_cell):
+    """tune_decoding over a fake translator whose outputs per cell the test chooses, scored
+    and tested for real."""
+
+    def fake_evaluate(translator, srcs, refs, decoding):
+        hyps = hyps_of_cell[(decoding["beam_size"], decoding["length_penalty"])]
+        return {**evaluation.score(hyps, refs), "sentences_per_s": 1.0, "hypotheses": hyps}
+
+    class FakeTranslator:
+        def decoding_options(self, **options):
+            pass
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+
+    def tune(refs, **kwargs):
+        return evaluation.tune_decoding(
+            FakeTranslator(), refs, refs, [1, 4], [0.6], baseline=(4, 0.6), **kwargs
+        )
+
+    return tune
+
+
+REFS = [f"a {w} dog runs on the {c} street" for w in ("big", "small") for c in ("red", "blue")] * 25
+WORSE = [ref.replace("dog", "cat") for ref in REFS]  # one word in eight wrong everywhere
+
+
+def test_a_gain_within_chance_keeps_the_default(monkeypatch, capsys):
+    one_better = [REFS[0], *WORSE[1:]]  # the highest, by one sentence of 100
+    tune = _fake_tuning(monkeypatch, {(1, 0.6): one_better, (4, 0.6): WORSE})
+    tuned = tune(REFS, max_p=0.05)
+    assert tuned["highest"]["beam_size"] == 1 and tuned["p_value"] > 0.05
+    assert tuned["best"] is tuned["default"] and tuned["default"]["beam_size"] == 4
+    cli._print_grid(tuned)
+    printed = capsys.readouterr().out
+    assert "beam 1, length penalty 0.6: +" in printed and "> --max-p 0.05: within chance" in printed
+    assert "keeps the default" in printed
+    # --max-p 1 stores the highest whatever its margin.
+    assert tune(REFS, max_p=1.0)["best"]["beam_size"] == 1
+
+
+def test_a_clear_gain_replaces_the_default(monkeypatch, capsys):
+    tune = _fake_tuning(monkeypatch, {(1, 0.6): REFS, (4, 0.6): WORSE})
+    tuned = tune(REFS, max_p=0.05)
+    assert tuned["p_value"] <= 0.05 and tuned["best"] is tuned["highest"]
+    assert tuned["best"]["beam_size"] == 1
+    cli._print_grid(tuned)
+    printed = capsys.readouterr().out
+    assert re.search(r"^\s+1\s+0\.60\s+100\.00\s+1\.0\s+\*$", printed, re.M)
+    assert re.search(r"^\s+4\s+0\.60\s+[\d.]+\s+1\.0\s+c$", printed, re.M)
+    assert "BLEU over the default, p 0.0001 (paired approximate randomization" in printed
+
+
+def test_equal_scores_keep_the_default_untested(monkeypatch, capsys):
+    # sacreBLEU's test gives p ~ 0 to equal scores: a tie must not count as a gain.
+    tuned = _fake_tuning(monkeypatch, {(1, 0.6): WORSE, (4, 0.6): WORSE})(REFS, max_p=0.05)
+    assert tuned["p_value"] is None and tuned["best"] is tuned["default"]
+    cli._print_grid(tuned)
+    assert "no cell scores above the default" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--max-sentences", "-1"], "--max-sentences must be at least 0, got -1"),
+        (["--max-p", "0"], "the p-value threshold (--max-p) must be in (0, 1], got 0"),
+        (["--max-p", "1.5"], "(--max-p) must be in (0, 1], got 1.5"),
         (["--beam-sizes", "0", "2"], "beam size, n-best and batch size must be at least 1"),
         (["--length-penalties", "-0.5"], "length penalties must be at least 0, got -0.5"),
         (["--weights", "averaged"], "has no averaged.weights.h5"),
@@ -171,7 +238,7 @@ def test_damaged_decoding_file_is_one_line(content, tiny_run, tmp_path, capsys):
 
 def _tune_ensemble(run: RunDir, *members) -> dict:
     """`nmt tune-decoding RUN --ensemble MEMBERS`: the ensembles stored after it."""
-    argv = ["tune-decoding", str(run.path), *GRID, "--ensemble", *map(str, members)]
+    argv = ["tune-decoding", str(run.path), *GRID, *ANY_GAIN, "--ensemble", *map(str, members)]
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert cli.main(argv) == 0
     assert str(run.ensemble_decoding) in out.getvalue()
@@ -191,7 +258,10 @@ def test_each_ensemble_is_tuned_for_itself(tiny_run, tiny_lstm_run, tmp_path, mo
     assert pair["ensemble_with"] == ["../lstm"]
     # The run's own tuned pair, the default before tuning, was scored for the ensemble too.
     assert (7, 0.1) in [(c["beam_size"], c["length_penalty"]) for c in pair["grid"]]
-    assert pair["best"] == max(pair["grid"], key=lambda c: c["bleu"])
+    top = max(c["bleu"] for c in pair["grid"])  # reached by the default too: a tie keeps it
+    assert pair["best"]["bleu"] == top and (pair["best"] == pair["default"]) == (
+        pair["default"]["bleu"] == top
+    )
     pair_again, trio = _tune_ensemble(run, lstm, twin)
     assert pair_again == pair and trio["ensemble_with"] == ["../lstm", "../twin"]
     # Settings outside the grid, so each check below can tell which entry was read.
