@@ -38,7 +38,8 @@ SRC_PAD_MULTIPLE = 8
 
 Hypothesis = tuple[str, float]
 # (src_ids (batch, width) int32, src_len (batch,) int32) -> (ids, scores) as numpy arrays.
-SearchFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (src_ids, src_len, length_penalty) -> (ids, scores)
+SearchFn = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
 
 
 class Counter(Protocol):
@@ -181,7 +182,7 @@ class Translator:
         src = pad_batch(batch, multiple=SRC_PAD_MULTIPLE)
         src_len = np.array([len(s) for s in batch], np.int32)
         bucket = step_buckets(opts)[int(bucket_index(src.shape[1], opts))]
-        out_ids, scores = self._search_fn(opts, bucket)(src, src_len)
+        out_ids, scores = self._search_fn(opts, bucket)(src, src_len, opts.length_penalty)
         return [
             [
                 (self.tgt_tok.decode(out_ids[b, k].tolist()), float(scores[b, k]))
@@ -191,13 +192,15 @@ class Translator:
         ]
 
     def _search_fn(self, opts: DecodingConfig, bucket: tuple[int, int]) -> SearchFn:
-        """The compiled search of one (decoding options, bucket), made at first use."""
-        key = (*dataclasses.astuple(opts), *bucket)
+        """The compiled search of one (decoding options, bucket), made at first use. The
+        length penalty is an argument of the search, so one compilation serves every value
+        (`nmt tune-decoding` tries several per beam size)."""
+        key = (*dataclasses.astuple(dataclasses.replace(opts, length_penalty=0.0)), *bucket)
         if key not in self._compiled:
             self._compiled[key] = compile_search(self, opts, bucket)
         return self._compiled[key]
 
-    def search(self, src_ids, src_len, opts: DecodingConfig, max_steps: int):
+    def search(self, src_ids, src_len, opts: DecodingConfig, max_steps: int, length_penalty=None):
         """The decoding path the Translator and the SavedModel share.
 
         Encodes `src_ids` `(batch, width)` (ids + EOS, right-padded), allows each sentence
@@ -208,6 +211,7 @@ class Translator:
             src_len: int32 `(batch,)`, real source tokens including EOS.
             opts: beam size, n-best, length penalty and the output-length rule.
             max_steps: the loop's static bound (`step_buckets`), at least every limit.
+            length_penalty: a float or scalar tensor in place of `opts.length_penalty`.
 
         Returns:
             ids `(batch, n_best, T)` int32 without BOS/EOS, scores `(batch, n_best)`.
@@ -218,7 +222,7 @@ class Translator:
             states,
             output_limits(src_len, opts),
             opts.beam_size,
-            length_penalty=opts.length_penalty,
+            length_penalty=opts.length_penalty if length_penalty is None else length_penalty,
             n_best=opts.n_best,
             max_steps=max_steps,
         )
@@ -325,8 +329,8 @@ def compile_search(
     `_torch_search`).
     """
 
-    def search(src_ids, src_len):
-        return translator.search(src_ids, src_len, opts, bucket[1])
+    def search(src_ids, src_len, length_penalty):
+        return translator.search(src_ids, src_len, opts, bucket[1], length_penalty)
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -336,7 +340,7 @@ def compile_search(
     if backend == "torch":
         return _torch_search(search)
     if backend == "numpy":
-        return lambda src_ids, src_len: tuple(map(np.asarray, search(src_ids, src_len)))
+        return lambda *args: tuple(map(np.asarray, search(*args)))
     raise NmtError(f"decoding does not support KERAS_BACKEND={backend}")
 
 
@@ -345,8 +349,9 @@ def _tf_search(search: Callable) -> SearchFn:
 
     compiled = tf.function(search, reduce_retracing=True)
 
-    def run(src_ids, src_len):
-        ids, scores = compiled(tf.constant(src_ids), tf.constant(src_len))
+    def run(src_ids, src_len, length_penalty):
+        alpha = tf.constant(length_penalty, tf.float32)
+        ids, scores = compiled(tf.constant(src_ids), tf.constant(src_len), alpha)
         return ids.numpy(), scores.numpy()
 
     return run
@@ -359,17 +364,18 @@ def _jax_search(
 
     variables = [v for model in models for v in model.variables]
 
-    def stateless(values, src_ids, src_len):
+    def stateless(values, src_ids, src_len, length_penalty):
         # Inside jit a Keras variable read would bake today's value in as a constant.
         with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
-            return search(src_ids, src_len)
+            return search(src_ids, src_len, length_penalty)
 
     compiled = jax.jit(stateless)
 
-    def run(src_ids, src_len):
+    def run(src_ids, src_len, length_penalty):
         rows = len(src_len)
         src_ids, src_len = _pad_for_jit(src_ids, src_len, width, batch_size)
-        ids, scores = compiled([v.value for v in variables], src_ids, src_len)
+        alpha = np.float32(length_penalty)
+        ids, scores = compiled([v.value for v in variables], src_ids, src_len, alpha)
         return np.asarray(ids)[:rows], np.asarray(scores)[:rows]
 
     return run
@@ -402,9 +408,9 @@ def _torch_search(search: Callable) -> SearchFn:
     """
     import torch
 
-    def run(src_ids, src_len):
+    def run(src_ids, src_len, length_penalty):
         with torch.no_grad():  # no autograd graph of every decoding step
-            ids, scores = search(src_ids, src_len)
+            ids, scores = search(src_ids, src_len, length_penalty)
         return keras.ops.convert_to_numpy(ids), keras.ops.convert_to_numpy(scores)
 
     return run

@@ -94,7 +94,8 @@ def searches(translator: Translator, inputs: dict[str, np.ndarray]) -> dict[str,
         opts = translator.decoding_options(beam_size=beam, n_best=n_best)
         bucket = step_buckets(opts)[int(bucket_index(inputs["src"].shape[1], opts))]
         search = translator._search_fn(opts, bucket)
-        out[f"{name}_ids"], out[f"{name}_scores"] = search(inputs["src"], inputs["src_len"])
+        alpha = opts.length_penalty
+        out[f"{name}_ids"], out[f"{name}_scores"] = search(inputs["src"], inputs["src_len"], alpha)
     return out
 
 

@@ -67,6 +67,20 @@ def test_long_input_is_truncated_with_a_warning(translator, caplog):
     assert "translating its first 256" in caplog.text
 
 
+def test_one_compiled_search_serves_every_length_penalty(tiny_run):
+    """The length penalty is an argument of the compiled search, not baked into it: a
+    second value reuses the compilation and gives what a search compiled for it gives."""
+    sentences = ["a man runs on the street", "the small cat sits", "a dog"]
+    translator = Translator.from_run_dir(tiny_run)
+    flat = translator.translate_n_best(sentences, beam_size=3, n_best=3, length_penalty=0.0)
+    compiled = dict(translator._compiled)
+    strong = translator.translate_n_best(sentences, beam_size=3, n_best=3, length_penalty=2.0)
+    assert translator._compiled == compiled  # nothing compiled again
+    assert strong != flat  # the scores at least are divided by another penalty
+    fresh = Translator.from_run_dir(tiny_run)
+    assert fresh.translate_n_best(sentences, beam_size=3, n_best=3, length_penalty=2.0) == strong
+
+
 def test_bad_decoding_options(translator):
     with pytest.raises(cli.NmtError, match="n-best .3. cannot exceed the beam size .2."):
         translator.translate_n_best(["a"], beam_size=2, n_best=3)
