@@ -258,16 +258,17 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_decoding(args: argparse.Namespace) -> int:
-    from nmt import evaluation, rundir
+    from nmt import config, evaluation, rundir
 
     if args.max_sentences < 0:
         raise NmtError(f"--max-sentences must be at least 0, got {args.max_sentences}")
     translator = _load_translator(args)
     srcs, refs, _ = evaluation.load_data(translator.cfg, None, None, "validation")
     limit = args.max_sentences or len(srcs)
-    # The current default (stored before, else the config's) is always scored: what tuning
-    # stores must beat what was there by more than chance.
-    configured = (translator.cfg.decoding.beam_size, translator.cfg.decoding.length_penalty)
+    # The config's pair, the run's untuned decoding, is always scored, and only a gain over
+    # it beyond chance replaces it. Not a pair tuned before: tuning again can undo that.
+    own = config.load(rundir.RunDir(args.run_dir).config).decoding
+    configured = (own.beam_size, own.length_penalty)
     tuned = evaluation.tune_decoding(
         translator,
         srcs[:limit],
@@ -295,7 +296,9 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
 
 def _print_grid(tuned: dict) -> None:
     print(f"validation BLEU, {tuned['sentences']} sentences ({tuned['bleu_signature']})")
-    print(" beam  length penalty    BLEU  sent/s (incl. compiling)   * stored, c the default")
+    # One compilation per beam size (TensorFlow, JAX) serves all its length penalties.
+    header = "sent/s (the first of a beam size incl. compiling)   * stored, c the config's"
+    print(f" beam  length penalty    BLEU  {header}")
     for cell in tuned["grid"]:
         mark = ("*" if cell is tuned["best"] else "") + ("c" if cell is tuned["default"] else "")
         print(
@@ -304,15 +307,15 @@ def _print_grid(tuned: dict) -> None:
         )
     highest, default, p = tuned["highest"], tuned["default"], tuned["p_value"]
     if p is None:
-        print("no cell scores above the default")
+        print("no cell scores above the config's pair")
         return
     gain = f"beam {highest['beam_size']}, length penalty {highest['length_penalty']:g}: "
-    gain += f"{highest['bleu'] - default['bleu']:+.2f} BLEU over the default, p {p:.3g}"
+    gain += f"{highest['bleu'] - default['bleu']:+.2f} BLEU over the config's pair, p {p:.3g}"
     test = "paired approximate randomization, 10,000 trials"
     if highest is tuned["best"]:
         print(f"{gain} ({test})")
     else:
-        print(f"{gain} > --max-p {tuned['max_p']:g}: within chance ({test}); keeps the default")
+        print(f"{gain} > --max-p {tuned['max_p']:g}: within chance ({test}); keeps the config's")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_average)
     p = sub.add_parser(
         "tune-decoding",
-        help="grid-search beam size and length penalty on validation; store the best",
+        help="grid-search beam size and length penalty on validation; store the best if it "
+        "beats the config's pair beyond chance",
     )
     p.add_argument("run_dir", help="trained run directory")
     p.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 2, 4, 8], metavar="K")
@@ -399,8 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.05,
         metavar="P",
         help="store the grid's best only if a paired approximate-randomization test against "
-        "the default gives p <= P on these sentences, else keep the default (1: always the "
-        "best; default: %(default)s)",
+        "the config's pair gives p <= P on these sentences, else that pair (1: the best "
+        "whatever its margin, though a tie keeps the config's; default: %(default)s)",
     )
     _add_ensemble_arg(
         p,

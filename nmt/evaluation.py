@@ -136,13 +136,13 @@ def tune_decoding(
     length_penalties: Sequence[float],
     batch_size: int | None = None,
     baseline: tuple[int, float] | None = None,
-    max_p: float = 1.0,
+    max_p: float = 0.05,
 ) -> dict[str, Any]:
     """BLEU and speed of every beam size x length penalty on `srcs`, and the pair to use.
 
-    `baseline` (beam size, length penalty), the decoding in use, is scored too, outside the
-    product if need be. The grid's highest replaces it only where a paired test on `srcs`
-    gives p <= `max_p` (`paired_p_value`; 1 takes the highest whatever the difference), so
+    `baseline` (beam size, length penalty), the untuned decoding, is scored too, outside
+    the product if need be. The grid's highest replaces it only where it scores higher and a
+    paired test on `srcs` gives p <= `max_p` (`paired_p_value`; 1: any higher score), so
     that a gain within chance does not move the default.
 
     Returns:
@@ -217,9 +217,10 @@ def paired_p_value(
         ]
     )
     swap = np.random.default_rng(seed).integers(2, size=(trials, len(refs)), dtype=bool)
+    totals = stats.sum(axis=1)  # (2, statistics): each system's corpus statistics
     shuffled_a = swap @ stats[0] + ~swap @ stats[1]
-    shuffled_b = ~swap @ stats[0] + swap @ stats[1]
-    observed = abs(_corpus_bleu(stats[0].sum(0)) - _corpus_bleu(stats[1].sum(0)))
+    shuffled_b = totals.sum(axis=0) - shuffled_a  # the sentences shuffled_a did not take
+    observed = abs(_corpus_bleu(totals[0]) - _corpus_bleu(totals[1]))
     diffs = np.abs(
         [_corpus_bleu(a) - _corpus_bleu(b) for a, b in zip(shuffled_a, shuffled_b, strict=True)]
     )

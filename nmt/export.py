@@ -116,6 +116,9 @@ def _decode(
     width = _round_up(tf.maximum(tf.reduce_max(src_len), 1), SRC_PAD_MULTIPLE)
     src = src_ids.to_tensor(PAD_ID, shape=tf.stack([tf.shape(src_len)[0], width]))
 
+    # The length penalty is a constant here and an argument of the Translator's search.
+    # TensorFlow's graph optimizer rewrites pow for some constant exponents (0.5 to sqrt,
+    # 2 to square), so at those a score can differ from the Translator's in its last bit.
     def search(max_steps: int) -> Callable[[], tuple[tf.Tensor, tf.Tensor]]:
         return lambda: translator.search(src, src_len, opts, max_steps)
 

@@ -37,8 +37,8 @@ log = logging.getLogger("nmt")
 SRC_PAD_MULTIPLE = 8
 
 Hypothesis = tuple[str, float]
-# (src_ids (batch, width) int32, src_len (batch,) int32) -> (ids, scores) as numpy arrays.
-# (src_ids, src_len, length_penalty) -> (ids, scores)
+# (src_ids (batch, width) int32, src_len (batch,) int32, length_penalty) -> (ids, scores) as
+# numpy arrays.
 SearchFn = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray]]
 
 

@@ -67,15 +67,19 @@ def test_long_input_is_truncated_with_a_warning(translator, caplog):
     assert "translating its first 256" in caplog.text
 
 
-def test_one_compiled_search_serves_every_length_penalty(tiny_run):
+def test_one_compiled_search_serves_every_length_penalty(tiny_run, monkeypatch):
     """The length penalty is an argument of the compiled search, not baked into it: a
     second value reuses the compilation and gives what a search compiled for it gives."""
     sentences = ["a man runs on the street", "the small cat sits", "a dog"]
     translator = Translator.from_run_dir(tiny_run)
+    traces = []  # a (re)trace or new compilation runs the Python search once
+    search = translator.search
+    monkeypatch.setattr(translator, "search", lambda *args: traces.append(1) or search(*args))
     flat = translator.translate_n_best(sentences, beam_size=3, n_best=3, length_penalty=0.0)
-    compiled = dict(translator._compiled)
+    assert traces
+    traced = len(traces)
     strong = translator.translate_n_best(sentences, beam_size=3, n_best=3, length_penalty=2.0)
-    assert translator._compiled == compiled  # nothing compiled again
+    assert len(traces) == traced  # nothing traced or compiled again
     assert strong != flat  # the scores at least are divided by another penalty
     fresh = Translator.from_run_dir(tiny_run)
     assert fresh.translate_n_best(sentences, beam_size=3, n_best=3, length_penalty=2.0) == strong
