@@ -267,7 +267,8 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
     limit = args.max_sentences or len(srcs)
     # The config's pair, the run's untuned decoding, is always scored, and only a gain over
     # it beyond chance replaces it. Not a pair tuned before: tuning again can undo that.
-    own = config.load(rundir.RunDir(args.run_dir).config).decoding
+    run = rundir.RunDir(args.run_dir)
+    own = config.load(run.config).decoding
     configured = (own.beam_size, own.length_penalty)
     tuned = evaluation.tune_decoding(
         translator,
@@ -280,7 +281,7 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
         max_p=args.max_p,
     )
     tuned["weights"] = args.weights
-    path = rundir.write_decoding(rundir.RunDir(args.run_dir), tuned, args.ensemble)
+    path = rundir.write_decoding(run, tuned, args.ensemble)
     _print_grid(tuned)
     best = tuned["best"]
     users = "translate, evaluate and export"
@@ -295,6 +296,8 @@ def cmd_tune_decoding(args: argparse.Namespace) -> int:
 
 
 def _print_grid(tuned: dict) -> None:
+    from nmt.evaluation import AR_TRIALS
+
     print(f"validation BLEU, {tuned['sentences']} sentences ({tuned['bleu_signature']})")
     # One compilation per beam size (TensorFlow, JAX) serves all its length penalties.
     header = "sent/s (the first of a beam size incl. compiling)   * stored, c the config's"
@@ -311,7 +314,7 @@ def _print_grid(tuned: dict) -> None:
         return
     gain = f"beam {highest['beam_size']}, length penalty {highest['length_penalty']:g}: "
     gain += f"{highest['bleu'] - default['bleu']:+.2f} BLEU over the config's pair, p {p:.3g}"
-    test = "paired approximate randomization, 10,000 trials"
+    test = f"paired approximate randomization, {AR_TRIALS:,} trials"
     if highest is tuned["best"]:
         print(f"{gain} ({test})")
     else:

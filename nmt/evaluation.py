@@ -16,6 +16,8 @@ from nmt.rundir import atomic_write
 
 # Source-length buckets (in words) for the breakdown: [0, 10), [10, 20), ... [50, inf).
 LENGTH_EDGES = (10, 20, 30, 40, 50)
+# Shuffles of the paired approximate-randomization test: sacrebleu --paired-ar's default.
+AR_TRIALS = 10_000
 
 
 def score(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
@@ -195,7 +197,7 @@ def paired_p_value(
     baseline: Sequence[str],
     system: Sequence[str],
     refs: Sequence[str],
-    trials: int = 10_000,
+    trials: int = AR_TRIALS,
     seed: int = 12345,
 ) -> float:
     """How likely a BLEU difference at least as large as between `baseline` and `system`

@@ -193,7 +193,7 @@ def test_a_clear_gain_replaces_the_default(monkeypatch, capsys):
 
 
 def test_equal_scores_keep_the_default_untested(monkeypatch, capsys):
-    # sacreBLEU's test gives p ~ 0 to equal scores: a tie must not count as a gain.
+    # A tie is no gain: the config's pair stays, and no test runs.
     tuned = _fake_tuning(monkeypatch, {(1, 0.6): WORSE, (4, 0.6): WORSE})(REFS, max_p=0.05)
     assert tuned["p_value"] is None and tuned["best"] is tuned["default"]
     cli._print_grid(tuned)
